@@ -1,0 +1,44 @@
+"""The `bge-rerank` command line. Thin commands over the library; heavy imports happen lazily."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from .rerank import rerank
+from .score import score
+
+app = typer.Typer(
+    name="bge-rerank",
+    help="Rerank retrieval candidates with a cross-encoder (default BAAI/bge-reranker-v2-m3).\n\n"
+    "Reads JSONL from a file or stdin; writes JSONL when piped and a table on a terminal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bge-rerank {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Rerank retrieval candidates with a cross-encoder (default BAAI/bge-reranker-v2-m3)."""
+
+
+app.command()(score)
+app.command()(rerank)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,109 @@
+"""Options shared by every command, declared once. Each loader option is also an environment variable."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+LOADER = "Model"
+OUTPUT = "Output"
+
+Model = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        envvar="BGE_RERANK_MODEL",
+        help="Hugging Face model id or local directory of a cross-encoder.",
+        rich_help_panel=LOADER,
+    ),
+]
+Device = Annotated[
+    str,
+    typer.Option(
+        envvar="BGE_RERANK_DEVICE",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.",
+        rich_help_panel=LOADER,
+    ),
+]
+Fp16 = Annotated[
+    bool | None,
+    typer.Option(
+        "--fp16/--no-fp16",
+        envvar="BGE_RERANK_FP16",
+        show_default="on for CUDA, off elsewhere",
+        help="Half precision. Shorthand for --dtype fp16 / fp32. On the CPU it warns and runs fp32.",
+        rich_help_panel=LOADER,
+    ),
+]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        envvar="BGE_RERANK_DTYPE",
+        help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16. "
+        "bf16 on the CPU is an explicit opt-in: faster on CPUs with BF16 support, scores shift slightly.",
+        rich_help_panel=LOADER,
+    ),
+]
+MaxLength = Annotated[
+    int,
+    typer.Option(
+        envvar="BGE_RERANK_MAX_LENGTH",
+        help="Tokens per (query, passage) pair. Longer pairs lose passage tokens first; "
+        "the query keeps up to 3/4 of this.",
+        rich_help_panel=LOADER,
+    ),
+]
+BatchSize = Annotated[
+    int, typer.Option(envvar="BGE_RERANK_BATCH_SIZE", help="Pairs per forward pass.", rich_help_panel=LOADER)
+]
+Offline = Annotated[
+    bool,
+    typer.Option(
+        envvar="BGE_RERANK_OFFLINE",
+        help="No network calls: use the local cache or a local directory only (HF_HUB_OFFLINE=1 works too).",
+        rich_help_panel=LOADER,
+    ),
+]
+CacheDir = Annotated[
+    str | None,
+    typer.Option(
+        envvar="BGE_RERANK_CACHE_DIR",
+        help="Hugging Face cache directory (default: HF_HUB_CACHE, i.e. ~/.cache/huggingface/hub).",
+        rich_help_panel=LOADER,
+    ),
+]
+Revision = Annotated[
+    str | None,
+    typer.Option(
+        envvar="BGE_RERANK_REVISION", help="Model revision (branch, tag or commit).", rich_help_panel=LOADER
+    ),
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        envvar="BGE_RERANK_TRUST_REMOTE_CODE",
+        help="Allow models that ship their own Python code. Off by default.",
+        rich_help_panel=LOADER,
+    ),
+]
+
+Format = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        "-f",
+        envvar="BGE_RERANK_FORMAT",
+        help="auto (table on a terminal, JSONL when piped), jsonl, table, chart or tsv.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+Output = Annotated[
+    str | None,
+    typer.Option("--output", "-o", help="Write results to this file instead of stdout.", rich_help_panel=OUTPUT),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", envvar="BGE_RERANK_QUIET", help="No progress bar or summary on stderr.", rich_help_panel=OUTPUT),
+]

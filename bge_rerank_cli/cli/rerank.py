@@ -1,0 +1,106 @@
+"""`bge-rerank rerank`: each query's candidates, best first."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Annotated
+
+import typer
+
+from ..config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MODEL, LoaderConfig
+from ..engine import rerank_stream
+from ..errors import UsageError
+from ..inputs import inline_rerank_item, open_input, read_docs_file, rerank_items
+from ..outputs import RERANK_TSV, render_rerank_tables, rerank_record, rerank_tsv_rows
+from ..records import RerankItem
+from . import common
+from . import options as opt
+
+
+def rerank(
+    input: Annotated[
+        str | None,
+        typer.Argument(help='JSONL file of {"query", "documents"} records; "-" or nothing reads stdin.'),
+    ] = None,
+    query: Annotated[str | None, typer.Option("--query", "-q", help="Rerank for this query inline.")] = None,
+    doc: Annotated[list[str] | None, typer.Option("--doc", "-d", help="A candidate for --query (repeatable).")] = None,
+    docs_file: Annotated[
+        str | None, typer.Option("--docs-file", help="Candidates for --query, one passage per line.")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Keep the best N per query.")] = None,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", min=0.0, max=1.0, help="Drop results scoring below X (0..1).")
+    ] = None,
+    model: opt.Model = DEFAULT_MODEL,
+    device: opt.Device = "auto",
+    fp16: opt.Fp16 = None,
+    dtype: opt.Dtype = "auto",
+    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
+    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
+    offline: opt.Offline = False,
+    cache_dir: opt.CacheDir = None,
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    fmt: opt.Format = "auto",
+    output: opt.Output = None,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Rerank each query's candidate documents by relevance.
+
+    Input records hold "query" and "documents" (or candidates, passages, docs); each document is a
+    string or an object with "text" and any other fields, which are kept. Output: the record with
+    "results" = [{"index", "rank", "score", "logit", "text", ...}], best first.
+
+    \b
+    Examples:
+      bge-rerank rerank candidates.jsonl --top-k 10
+      my-retriever | bge-rerank rerank --format jsonl | jq '.results[0]'
+      bge-rerank rerank -q "how do I read JSON in Python?" -d "json.load(f)" -d "pd.read_csv(path)"
+      bge-rerank rerank -q "deep learning" --docs-file passages.txt
+    """
+    with common.reported_errors():
+        common.check_format(fmt)
+        config = common.build_config(
+            model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size,
+            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        inline = query is not None or doc or docs_file is not None
+        if inline:
+            if input is not None:
+                raise UsageError("give either an input file or --query with --doc/--docs-file, not both.")
+            if query is None:
+                raise UsageError("--doc and --docs-file need --query.")
+            docs = list(doc or []) + (read_docs_file(docs_file) if docs_file else [])
+            _run(config, [inline_rerank_item(query, docs)], fmt, output, quiet, top_k, min_score)
+            return
+        with open_input(input, "rerank") as (stream, source):
+            _run(config, rerank_items(stream, source), fmt, output, quiet, top_k, min_score)
+
+
+def _run(
+    config: LoaderConfig,
+    items: Iterable[RerankItem],
+    fmt: str,
+    output: str | None,
+    quiet: bool,
+    top_k: int | None,
+    min_score: float | None,
+) -> None:
+    started = time.perf_counter()
+    first, items = common.peek(items)
+    if first is None:
+        common.say("[yellow]warning:[/] no records in the input; nothing to rerank.")
+        return
+    scorer = common.load_model(config, quiet)
+    with common.progress(quiet) as advance:
+        count = common.emit(
+            rerank_stream(scorer, items, top_k=top_k, min_score=min_score, on_progress=advance),
+            fmt=fmt,
+            output=output,
+            to_json=rerank_record,
+            tsv_columns=RERANK_TSV,
+            to_tsv=rerank_tsv_rows,
+            render=render_rerank_tables,
+        )
+    common.summary(count, "queries reranked", started, quiet)

@@ -1,0 +1,89 @@
+"""`bge-rerank score`: one score per (query, passage) pair, records in input order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Annotated
+
+import typer
+
+from ..config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MODEL, LoaderConfig
+from ..engine import score_stream
+from ..errors import UsageError
+from ..inputs import inline_score_items, open_input, score_items
+from ..records import ScoreItem
+from ..outputs import SCORE_TSV, render_score_table, score_record, score_tsv_row
+from . import common
+from . import options as opt
+
+
+def score(
+    input: Annotated[
+        str | None,
+        typer.Argument(help='JSONL file of {"query", "passage"} records; "-" or nothing reads stdin.'),
+    ] = None,
+    query: Annotated[str | None, typer.Option("--query", "-q", help="Score this query inline.")] = None,
+    passage: Annotated[
+        list[str] | None, typer.Option("--passage", "-p", help="A passage for --query (repeatable).")
+    ] = None,
+    model: opt.Model = DEFAULT_MODEL,
+    device: opt.Device = "auto",
+    fp16: opt.Fp16 = None,
+    dtype: opt.Dtype = "auto",
+    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
+    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
+    offline: opt.Offline = False,
+    cache_dir: opt.CacheDir = None,
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    fmt: opt.Format = "auto",
+    output: opt.Output = None,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Score (query, passage) pairs.
+
+    Every input record comes back with its fields unchanged plus "score" (sigmoid, 0..1) and
+    "logit" (raw). Passage fields accepted: passage, document, text, doc.
+
+    \b
+    Examples:
+      bge-rerank score pairs.jsonl
+      cat pairs.jsonl | bge-rerank score --format jsonl > scored.jsonl
+      bge-rerank score -q "what is deep learning?" -p "Deep learning is ..." -p "Apples are ..."
+    """
+    with common.reported_errors():
+        common.check_format(fmt)
+        config = common.build_config(
+            model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size,
+            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        if query is not None or passage:
+            if input is not None:
+                raise UsageError("give either an input file or --query/--passage, not both.")
+            if query is None or not passage:
+                raise UsageError("inline scoring needs --query and at least one --passage.")
+            _run(config, inline_score_items(query, passage), fmt, output, quiet)
+            return
+        with open_input(input, "score") as (stream, source):
+            _run(config, score_items(stream, source), fmt, output, quiet)
+
+
+def _run(config: LoaderConfig, items: Iterable[ScoreItem], fmt: str, output: str | None, quiet: bool) -> None:
+    started = time.perf_counter()
+    first, items = common.peek(items)
+    if first is None:
+        common.say("[yellow]warning:[/] no records in the input; nothing to score.")
+        return
+    scorer = common.load_model(config, quiet)
+    with common.progress(quiet) as advance:
+        count = common.emit(
+            score_stream(scorer, items, on_progress=advance),
+            fmt=fmt,
+            output=output,
+            to_json=lambda row: score_record(*row),
+            tsv_columns=SCORE_TSV,
+            to_tsv=lambda row: [score_tsv_row(*row)],
+            render=render_score_table,
+        )
+    common.summary(count, "pairs scored", started, quiet)

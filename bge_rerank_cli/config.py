@@ -1,0 +1,64 @@
+"""The frozen, picklable description of a scorer: everything the loader needs, nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
+DEFAULT_MAX_LENGTH = 512
+DEFAULT_BATCH_SIZE = 32
+
+Dtype = Literal["auto", "fp32", "fp16", "bf16"]
+DTYPES: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How to load and run one cross-encoder.
+
+    ``device`` is ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    ``dtype`` ``auto`` means fp16 on CUDA and fp32 elsewhere. ``query_max_length`` caps the query's
+    share of ``max_length`` (default three quarters, as FlagEmbedding does); the passage is cut first.
+    """
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: Dtype = "auto"
+    max_length: int = DEFAULT_MAX_LENGTH
+    query_max_length: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    offline: bool = False
+    cache_dir: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        from .errors import UsageError
+
+        if self.max_length < 8:
+            raise UsageError(f"--max-length must be at least 8 tokens, got {self.max_length}.")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
+        if not _valid_device(self.device):
+            raise UsageError(
+                f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.",
+            )
+        if self.query_max_length is not None and self.query_max_length < 1:
+            raise UsageError(f"query max length must be positive, got {self.query_max_length}.")
+
+    @property
+    def query_cap(self) -> int:
+        return self.query_max_length or self.max_length * 3 // 4
+
+    def with_(self, **changes: object) -> LoaderConfig:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _valid_device(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda", "mps"):
+        return True
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()

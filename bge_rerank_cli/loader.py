@@ -1,0 +1,301 @@
+"""The one place that imports torch and sentence-transformers.
+
+``load_scorer(config)`` turns a frozen :class:`LoaderConfig` into a :class:`TorchScorer`, cached per
+process. Model files come through sentence-transformers' ``CrossEncoder`` and therefore through the
+standard Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``, or ``--cache-dir``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import LoaderConfig
+from .engine import Encoded
+from .errors import ModelError
+from .records import Pair
+
+log = logging.getLogger("bge_rerank_cli")
+
+# Roberta-family models reserve positions 0..padding_idx for padding, so fewer tokens fit.
+_ROBERTA_TYPES = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
+
+
+def _quiet_libraries() -> None:
+    # We never want TensorFlow or Flax: importing them breaks on Keras 3 installs and is slow.
+    os.environ.setdefault("USE_TF", "0")
+    os.environ.setdefault("USE_FLAX", "0")
+    os.environ.setdefault("USE_TORCH", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+
+def looks_like_path(model: str) -> bool:
+    """True for things that can only be a directory; Hub ids look like ``org/name``."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def hub_cache_dir(config: LoaderConfig) -> str:
+    if config.cache_dir:
+        return str(Path(config.cache_dir).expanduser())
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def download_command(config: LoaderConfig) -> str:
+    cmd = f"hf download {config.model}"
+    if config.revision:
+        cmd += f" --revision {config.revision}"
+    if config.cache_dir:
+        cmd += f" --cache-dir {config.cache_dir}"
+    return cmd
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ModelError(
+                f"--device {requested} asked for, but {why}.",
+                hint="Use --device cpu, or run `bge-rerank doctor` to see what is missing.",
+            )
+        index = int(requested.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ModelError(
+                f"--device {requested} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist.",
+                hint="Pick another index or run `bge-rerank doctor`.",
+            )
+    if requested == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ModelError("--device mps asked for, but MPS is not available.", hint="Use --device cpu.")
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    if requested == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    if requested == "fp16" and device == "cpu":
+        log.warning("fp16 is not supported on the CPU; running in fp32 (use --dtype bf16 for a faster CPU path).")
+        return "fp32"
+    return requested
+
+
+class TorchScorer:
+    """Tokenises pairs with the model's fast tokenizer and runs its classification head."""
+
+    def __init__(self, config: LoaderConfig, cross_encoder: Any, device: str, dtype: str) -> None:
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self._ce = cross_encoder
+        self.load_seconds = 0.0
+        transformer = cross_encoder[0]
+        self._model = transformer.model
+        tokenizer = transformer.tokenizer
+        self.model_limit = _model_token_limit(self._model.config, tokenizer)
+        self.max_length = min(config.max_length, self.model_limit)
+        if config.max_length > self.model_limit:
+            log.warning(
+                "--max-length %d is more than %s accepts; using %d.",
+                config.max_length,
+                config.model,
+                self.model_limit,
+            )
+        from tokenizers import Tokenizer
+
+        # A private copy: the model's tokenizer may carry truncation/padding settings of its own.
+        self._tok = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._use_type_ids = "token_type_ids" in tokenizer.model_input_names
+        self._specials = tokenizer.num_special_tokens_to_add(pair=True)
+        self.query_cap = max(1, min(config.query_cap, self.max_length - self._specials - 1))
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.config.model, "device": self.device, "dtype": self.dtype, "backend": "torch"}
+
+    def encode(self, pairs: Sequence[Pair]) -> list[Encoded]:
+        queries = list(dict.fromkeys(p.query for p in pairs))
+        q_enc = dict(zip(queries, self._tok.encode_batch(queries, add_special_tokens=False), strict=True))
+        p_enc = self._tok.encode_batch([p.passage for p in pairs], add_special_tokens=False)
+        out = []
+        for pair, passage in zip(pairs, p_enc, strict=True):
+            query = q_enc[pair.query]
+            if len(query) > self.query_cap:
+                query = _truncated_copy(query, self.query_cap)
+            room = self.max_length - len(query) - self._specials
+            dropped = max(0, len(passage) - room)
+            if dropped:
+                passage.truncate(room)
+            enc = self._tok.post_process(query, passage, add_special_tokens=True)
+            out.append(Encoded(enc.ids, enc.type_ids if self._use_type_ids else None, dropped))
+        return out
+
+    def logits(self, batch: Sequence[Encoded]) -> list[float]:
+        import torch
+
+        width = max(len(e.ids) for e in batch)
+        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        types = torch.zeros((len(batch), width), dtype=torch.long) if self._use_type_ids else None
+        for row, enc in enumerate(batch):
+            n = len(enc.ids)
+            ids[row, :n] = torch.tensor(enc.ids)
+            mask[row, :n] = 1
+            if types is not None and enc.type_ids is not None:
+                types[row, :n] = torch.tensor(enc.type_ids)
+        features = {"input_ids": ids, "attention_mask": mask}
+        if types is not None:
+            features["token_type_ids"] = types
+        features = {k: v.to(self.device) for k, v in features.items()}
+        with torch.inference_mode():
+            out = self._model(**features).logits.float()
+        values = out[:, 0].cpu()
+        if not torch.isfinite(values).all():
+            raise ModelError(
+                f"the model produced non-finite scores in {self.dtype}.",
+                hint="Rerun with --dtype fp32.",
+            )
+        return [float(v) for v in values.tolist()]
+
+
+def _truncated_copy(encoding: Any, length: int) -> Any:
+    # Encoding.truncate works in place; the query encoding is shared between pairs, so copy it.
+    import copy
+
+    clone = copy.deepcopy(encoding)
+    clone.truncate(length)
+    return clone
+
+
+def _model_token_limit(model_config: Any, tokenizer: Any) -> int:
+    limit = getattr(model_config, "max_position_embeddings", None) or 512
+    if getattr(model_config, "model_type", "") in _ROBERTA_TYPES:
+        limit -= (getattr(model_config, "pad_token_id", 1) or 1) + 1
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
+        limit = min(limit, tok_limit)
+    return int(limit)
+
+
+@functools.lru_cache(maxsize=4)
+def load_scorer(config: LoaderConfig) -> TorchScorer:
+    """Load the model ``config`` names (once per process) and return a ready scorer."""
+    _quiet_libraries()
+    if config.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    cross_encoder = _load_cross_encoder(config, device, dtype)
+    scorer = TorchScorer(config, cross_encoder, device, dtype)
+    scorer.load_seconds = time.perf_counter() - started
+    return scorer
+
+
+def _load_cross_encoder(config: LoaderConfig, device: str, dtype: str) -> Any:
+    local = Path(config.model).expanduser()
+    if not local.is_dir() and looks_like_path(config.model):
+        raise ModelError(
+            f"model directory {config.model} does not exist.",
+            hint="Pass --model with a Hugging Face id or an existing directory.",
+        )
+    import torch
+    import transformers
+    from sentence_transformers import CrossEncoder
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    name = str(local) if local.is_dir() else config.model
+    try:
+        ce = CrossEncoder(
+            name,
+            device=device,
+            cache_folder=config.cache_dir,
+            revision=config.revision,
+            local_files_only=config.offline or _hub_offline(),
+            trust_remote_code=config.trust_remote_code,
+            max_length=None,
+            activation_fn=torch.nn.Identity(),
+            model_kwargs={"dtype": torch_dtype},
+        )
+    except Exception as exc:  # the libraries raise OSError, ValueError, HTTP errors, ...
+        raise _explain_load_failure(config, exc, local.is_dir()) from exc
+    _check_cross_encoder(config, ce)
+    ce.eval()
+    return ce
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _explain_load_failure(config: LoaderConfig, exc: Exception, is_local: bool) -> ModelError:
+    text = " ".join(str(exc).split())
+    first = text[:300] + ("..." if len(text) > 300 else "")
+    if "trust_remote_code" in text or "custom code" in text:
+        return ModelError(
+            f"model {config.model} ships its own code and needs --trust-remote-code to load.",
+            hint="Only pass it if you trust that repository's code.",
+        )
+    if is_local:
+        return ModelError(
+            f"could not load model directory {config.model}: {first}",
+            hint="It must hold a sentence-transformers or transformers sequence-classification model. "
+            "Run `bge-rerank doctor` for details.",
+        )
+    offline = config.offline or _hub_offline()
+    why = "offline mode is on and it is not" if offline else "it could not be downloaded and is not"
+    return ModelError(
+        f"model {config.model} is not available: {why} in the cache {hub_cache_dir(config)} ({first})",
+        hint=f"Download it with `{download_command(config)}` on a machine with network access, "
+        "or pass --model DIR for a local model. Run `bge-rerank doctor` to diagnose.",
+    )
+
+
+def _check_cross_encoder(config: LoaderConfig, ce: Any) -> None:
+    transformer = ce[0]
+    model_config = transformer.model.config
+    architectures = list(getattr(model_config, "architectures", None) or [])
+    task = getattr(transformer, "transformer_task", "")
+    if task != "sequence-classification" or (
+        architectures and not any(a.endswith("ForSequenceClassification") for a in architectures)
+    ):
+        kind = ", ".join(architectures) or task or "unknown"
+        raise ModelError(
+            f"{config.model} is not a cross-encoder (architecture: {kind}).",
+            hint="A reranker has a sequence-classification head with one output, "
+            "e.g. BAAI/bge-reranker-v2-m3 or cross-encoder/ms-marco-MiniLM-L6-v2.",
+        )
+    if getattr(model_config, "num_labels", 1) != 1:
+        raise ModelError(
+            f"{config.model} has {model_config.num_labels} output labels; a reranker has exactly one.",
+            hint="Use a cross-encoder trained for relevance scoring.",
+        )
+    if not getattr(transformer.tokenizer, "is_fast", False):
+        raise ModelError(
+            f"{config.model} has no fast (Rust) tokenizer, which bge-rerank needs.",
+            hint="Save the model with a tokenizer.json (transformers converts most tokenizers).",
+        )

@@ -1,0 +1,76 @@
+"""Batching, de-duplication, ordering and top-k, on a fake scorer (no model involved)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bge_rerank_cli.engine import chunked, rank_documents, rerank_stream, score_pairs, score_stream
+from bge_rerank_cli.records import Document, Pair, RerankItem, Scored, ScoreItem, sigmoid
+from tests.fakes import FakeScorer
+
+
+def test_scores_come_back_in_input_order_whatever_the_batching():
+    pairs = [Pair("q", "x" * n) for n in (5, 50, 1, 20, 7, 33, 2)]
+    expected = [FakeScorer.logit_of(p) for p in pairs]
+    for batch_size in (1, 2, 3, 100):
+        scorer = FakeScorer(batch_size)
+        assert [s.logit for s in score_pairs(scorer, pairs)] == expected
+        assert max(scorer.batches) <= batch_size
+
+
+def test_batches_are_sorted_by_length():
+    scorer = FakeScorer(batch_size=2)
+    pairs = [Pair("q", "x" * n) for n in (1, 40, 2, 30)]
+    score_pairs(scorer, pairs)
+    assert scorer.batches == [2, 2]  # the two long ones together, then the two short ones
+
+
+def test_identical_pairs_are_scored_once():
+    scorer = FakeScorer()
+    pairs = [Pair("q", "a"), Pair("q", "b"), Pair("q", "a"), Pair("q", "a")]
+    scores = score_pairs(scorer, pairs)
+    assert scorer.encoded == [Pair("q", "a"), Pair("q", "b")]
+    assert scores[0] == scores[2] == scores[3] != scores[1]
+
+
+def test_score_is_sigmoid_of_logit():
+    assert sigmoid(0.0) == 0.5
+    assert sigmoid(-800.0) == 0.0 and sigmoid(800.0) == 1.0
+    assert Scored(2.0).score == pytest.approx(0.8807970779778823)
+
+
+def docs(n: int) -> list[Document]:
+    return [Document(i, f"doc {i}") for i in range(n)]
+
+
+def test_rank_documents_orders_by_logit_then_input_position():
+    scores = [Scored(v) for v in (0.5, 2.0, 0.5, -1.0)]
+    ranked = rank_documents(docs(4), scores)
+    assert [(d.index, d.rank) for d in ranked] == [(1, 1), (0, 2), (2, 3), (3, 4)]
+
+
+def test_top_k_and_min_score():
+    scores = [Scored(v) for v in (0.0, 3.0, -3.0, 1.0)]
+    assert [d.index for d in rank_documents(docs(4), scores, top_k=2)] == [1, 3]
+    kept = rank_documents(docs(4), scores, min_score=0.5)  # sigmoid(0) == 0.5 is kept
+    assert [d.index for d in kept] == [1, 3, 0]
+    assert rank_documents(docs(4), scores, top_k=1, min_score=0.99) == ()
+
+
+def test_chunked_respects_budget():
+    assert list(chunked(range(7), lambda _: 1, 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(chunked(["aaaa", "b", "cc"], len, 3)) == [["aaaa"], ["b", "cc"]]
+
+
+def test_streams_keep_input_order_across_chunks():
+    scorer = FakeScorer(batch_size=1)  # chunk budget = 256 pairs
+    items = [ScoreItem(i, "q", f"passage {i}") for i in range(600)]
+    chunks = list(score_stream(scorer, items))
+    assert len(chunks) == 3
+    flat = [row for chunk in chunks for row in chunk]
+    assert [item.line for item, _ in flat] == list(range(600))
+
+    rerank_items = [RerankItem(i, f"q{i}", tuple(docs(i % 5 + 1))) for i in range(100)]
+    results = [r for chunk in rerank_stream(scorer, rerank_items, top_k=2) for r in chunk]
+    assert [r.line for r in results] == list(range(100))
+    assert all(len(r.results) == min(2, r.candidates) for r in results)

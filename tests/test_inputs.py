@@ -1,0 +1,101 @@
+"""The JSONL reader and record parsers: pure unit tests."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from bge_rerank_cli.errors import InputError
+from bge_rerank_cli.inputs import parse_rerank_item, parse_score_item, read_jsonl, rerank_items, score_items
+
+
+def lines(data: bytes) -> list[tuple[int, dict]]:
+    return list(read_jsonl(io.BytesIO(data), "in.jsonl"))
+
+
+def test_line_numbers_count_blank_lines_bom_and_crlf():
+    data = b'\xef\xbb\xbf{"a": 1}\r\n\r\n   \n{"a": 2}\n{"a": 3}'
+    assert lines(data) == [(1, {"a": 1}), (4, {"a": 2}), (5, {"a": 3})]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b'{"a": 1}\n{"a": \n', "in.jsonl: line 2: invalid JSON"),
+        (b'{"a": 1}\n[1, 2]\n', "in.jsonl: line 2: expected a JSON object, got list"),
+        (b'"text"\n', "line 1: expected a JSON object, got str"),
+        (b"null\n", "line 1: expected a JSON object, got null"),
+        (b'{"a": NaN}\n', "line 1: invalid JSON"),
+        (b'{"a": "\xff"}\n', "line 1: invalid JSON"),
+    ],
+)
+def test_bad_lines_name_their_line(data: bytes, message: str):
+    with pytest.raises(InputError) as info:
+        lines(data)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["passage", "document", "text", "doc"])
+def test_score_passage_aliases(key: str):
+    item = parse_score_item({"query": "q", key: "p", "id": 9}, 3)
+    assert (item.line, item.query, item.passage, item.record["id"]) == (3, "q", "p", 9)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"passage": "p"}, 'missing "query"'),
+        ({"query": None, "passage": "p"}, '"query" is null'),
+        ({"query": "", "passage": "p"}, '"query" is empty'),
+        ({"query": "  ", "passage": "p"}, '"query" is empty'),
+        ({"query": 5, "passage": "p"}, '"query" must be a string, got int'),
+        ({"query": "q"}, 'missing "passage"'),
+        ({"query": "q", "passage": ["p"]}, '"passage" must be a string, got list'),
+    ],
+)
+def test_score_record_errors(record: dict, message: str):
+    with pytest.raises(InputError) as info:
+        parse_score_item(record, 7, "f.jsonl")
+    assert str(info.value).startswith("f.jsonl: line 7: ")
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["documents", "candidates", "passages", "docs"])
+def test_rerank_document_aliases_and_fields(key: str):
+    item = parse_rerank_item(
+        {"query": "q", key: ["plain", {"text": "rich", "id": "d2", "meta": {"x": 1}}], "qid": 4}, 2
+    )
+    assert item.record == {"query": "q", "qid": 4}
+    assert [(d.index, d.text, d.fields) for d in item.documents] == [
+        (0, "plain", {}),
+        (1, "rich", {"id": "d2", "meta": {"x": 1}}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"query": "q"}, 'missing "documents"'),
+        ({"query": "q", "documents": []}, '"documents" is empty'),
+        ({"query": "q", "documents": "abc"}, '"documents" must be a list, got str'),
+        ({"query": "q", "documents": [{"id": 1}]}, 'documents[0] has no "text" field'),
+        ({"query": "q", "documents": ["a", 3]}, "documents[1] must be a string or an object"),
+        ({"query": "q", "docs": [{"text": None}]}, '"docs[0].text" is null'),
+    ],
+)
+def test_rerank_record_errors(record: dict, message: str):
+    with pytest.raises(InputError) as info:
+        parse_rerank_item(record, 11)
+    assert "line 11" in str(info.value)
+    assert message in str(info.value)
+
+
+def test_readers_are_lazy():
+    """A bad line far down the stream is only reached when the consumer gets there."""
+    stream = io.BytesIO(b'{"query": "q", "passage": "p"}\nnot json\n')
+    items = score_items(stream, "s")
+    assert next(items).passage == "p"
+    with pytest.raises(InputError, match="line 2"):
+        next(items)
+    assert list(rerank_items(io.BytesIO(b""), "s")) == []

@@ -1,0 +1,158 @@
+"""Build random-weight cross-encoders on disk, offline, deterministically.
+
+Used by the tests (a ~1 MB XLM-RoBERTa and a BERT cross-encoder), by the benchmarks (the exact
+bge-reranker-v2-m3 architecture: throughput does not depend on weight values) and by ``run.sh``
+when the real model cannot be downloaded. Scores of these models carry no meaning.
+
+    python -m tools.random_model DIR [--size tiny|full] [--family xlmr|bert]
+"""
+
+from __future__ import annotations
+
+import argparse
+import string
+from pathlib import Path
+
+# Characters and word pieces every build contains, so the vocabulary is the same on every run.
+_CJK = (
+    "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学"
+    "法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外"
+    "天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建月公无系军很"
+    "情者最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她"
+    "手角期根论运农指几九区强放决西被干做必战先回则任取据处队南给色光门即保治北造百规热领七海口东导器压志世金增争济阶油思"
+    "术极交受联什认六共权收证改清己美再采转更单风切打白教速花带安场身车例真务具万每目至达走积示议声报斗完类八离华名确才科"
+    "张信马节话米整空元况今集温传土许步群广石记需段研界拉林律叫且究观越织装影算低持音众书布复容儿须际商非验连断深难近矿千"
+    "周委素技备半办青省列习响约支般史感劳便团往酸历市克何除消构府称太准精值号率族维划选标写存候毛亲快效斯院查江型眼王按格"
+    "养易置派层片始却专状育厂京识适属圆包火住调满县局照参红细引听该铁价严龙飞请软著申册商标苹果香蕉读取文件库网络模型数据"
+)
+_WORDS = (
+    "the of and to in is for on that with as by it from this are be or an at which how what why when where who "
+    "read write file json csv python pandas load loads dump open request requests get http api pickle data "
+    "deep learning machine neural network model train training apple banana fruit copyright trademark software "
+    "register registration apply application office patent law search query document passage rank rerank score "
+    "vector keyword retrieval answer question first second best relevant irrelevant about can do does use used"
+).split()
+
+
+def build_vocab() -> list[tuple[str, float]]:
+    """A deterministic Unigram vocabulary: specials, whole words, then single characters."""
+    vocab: list[tuple[str, float]] = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    seen = {piece for piece, _ in vocab}
+
+    def add(piece: str, score: float) -> None:
+        if piece not in seen:
+            seen.add(piece)
+            vocab.append((piece, score))
+
+    for word in _WORDS:
+        add("▁" + word, -4.0 - len(word) * 0.01)
+    chars = string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation + _CJK
+    for char in chars:
+        add("▁" + char, -9.0)
+        add(char, -10.0)
+    add("▁", -6.0)
+    return vocab
+
+
+def build_xlmr(
+    path: str | Path,
+    *,
+    layers: int = 2,
+    hidden: int = 32,
+    heads: int = 2,
+    ffn: int = 64,
+    vocab_size: int | None = None,
+    max_positions: int = 514,
+    initializer_range: float = 0.5,
+    seed: int = 0,
+) -> Path:
+    """A random XLM-RoBERTa sequence classifier (num_labels=1) with a local Unigram tokenizer."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaTokenizer
+
+    out = Path(path)
+    tokenizer = XLMRobertaTokenizer(vocab=build_vocab())
+    tokenizer.model_max_length = max_positions - 2
+    config = XLMRobertaConfig(
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=max_positions,
+        num_labels=1,
+        initializer_range=initializer_range,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=0,
+        eos_token_id=2,
+        architectures=["XLMRobertaForSequenceClassification"],
+    )
+    torch.manual_seed(seed)
+    model = XLMRobertaForSequenceClassification(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_bge_m3_architecture(path: str | Path, *, seed: int = 0) -> Path:
+    """The exact bge-reranker-v2-m3 shape (24 layers, 1024 hidden, 16 heads, 4096 FFN, 250002 vocab)."""
+    return build_xlmr(
+        path,
+        layers=24,
+        hidden=1024,
+        heads=16,
+        ffn=4096,
+        vocab_size=250002,
+        max_positions=8194,
+        initializer_range=0.02,
+        seed=seed,
+    )
+
+
+def build_bert(path: str | Path, *, seed: int = 0, initializer_range: float = 0.5) -> Path:
+    """A random BERT sequence classifier (the ms-marco MiniLM rerankers' family), WordPiece tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    out = Path(path)
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS]
+    chars = string.ascii_lowercase + string.digits + string.punctuation + _CJK
+    pieces += [c for c in chars if c not in pieces] + [f"##{c}" for c in string.ascii_lowercase + string.digits]
+    vocab = {piece: i for i, piece in enumerate(dict.fromkeys(pieces))}
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
+    tokenizer.model_max_length = 512
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+        initializer_range=initializer_range,
+        architectures=["BertForSequenceClassification"],
+    )
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path")
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--family", choices=["xlmr", "bert"], default="xlmr")
+    args = parser.parse_args()
+    if args.family == "bert":
+        build_bert(args.path)
+    elif args.size == "full":
+        build_bge_m3_architecture(args.path)
+    else:
+        build_xlmr(args.path)
+    print(args.path)
+
+
+if __name__ == "__main__":
+    main()
