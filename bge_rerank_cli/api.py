@@ -1,9 +1,9 @@
 """The Python API: the same scoring and reranking the CLI runs.
 
-    from bge_rerank_cli import Reranker
-    reranker = Reranker("BAAI/bge-reranker-v2-m3", device="cpu")
-    result = reranker.rerank("what is deep learning?", ["Deep learning is ...", "Apples are ..."], top_k=1)
-    result.results[0].score
+from bge_rerank_cli import Reranker
+reranker = Reranker("BAAI/bge-reranker-v2-m3", device="cpu")
+result = reranker.rerank("what is deep learning?", ["Deep learning is ...", "Apples are ..."], top_k=1)
+result.results[0].score
 """
 
 from __future__ import annotations

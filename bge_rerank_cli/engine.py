@@ -79,7 +79,7 @@ def rank_documents(
 ) -> tuple[RankedDocument, ...]:
     """Sort documents best first (ties keep input order), then apply ``min_score`` and ``top_k``."""
     order = sorted(range(len(documents)), key=lambda i: (-scores[i].logit, i))
-    ranked = []
+    ranked: list[RankedDocument] = []
     for i in order:
         if min_score is not None and scores[i].score < min_score:
             break

@@ -102,7 +102,9 @@ def _document(index: int, doc: Any, key: str, source: str, line: int) -> Documen
         text = _text(doc["text"], f"{where}.text", source, line)
         return Document(index, text, {k: v for k, v in doc.items() if k != "text"})
     kind = type(doc).__name__ if doc is not None else "null"
-    raise InputError(f"{where} must be a string or an object with \"text\", got {kind}", source=source, line=line)
+    raise InputError(
+        f'{where} must be a string or an object with "text", got {kind}', source=source, line=line
+    )
 
 
 def _query(obj: dict[str, Any], source: str, line: int) -> str:

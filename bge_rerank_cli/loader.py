@@ -18,6 +18,7 @@ from typing import Any
 from .config import LoaderConfig
 from .engine import Encoded
 from .errors import ModelError
+from .hub import cache_dir, download_command, hub_offline, probe_hub
 from .records import Pair
 
 log = logging.getLogger("bge_rerank_cli")
@@ -40,23 +41,6 @@ def looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
 
 
-def hub_cache_dir(config: LoaderConfig) -> str:
-    if config.cache_dir:
-        return str(Path(config.cache_dir).expanduser())
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
-
-
-def download_command(config: LoaderConfig) -> str:
-    cmd = f"hf download {config.model}"
-    if config.revision:
-        cmd += f" --revision {config.revision}"
-    if config.cache_dir:
-        cmd += f" --cache-dir {config.cache_dir}"
-    return cmd
-
-
 def resolve_device(requested: str) -> str:
     import torch
 
@@ -69,7 +53,9 @@ def resolve_device(requested: str) -> str:
         return "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            why = (
+                "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            )
             raise ModelError(
                 f"--device {requested} asked for, but {why}.",
                 hint="Use --device cpu, or run `bge-rerank doctor` to see what is missing.",
@@ -91,7 +77,9 @@ def resolve_dtype(requested: str, device: str) -> str:
     if requested == "auto":
         return "fp16" if device.startswith("cuda") else "fp32"
     if requested == "fp16" and device == "cpu":
-        log.warning("fp16 is not supported on the CPU; running in fp32 (use --dtype bf16 for a faster CPU path).")
+        log.warning(
+            "fp16 is not supported on the CPU; running in fp32 (use --dtype bf16 for a faster CPU path)."
+        )
         return "fp32"
     return requested
 
@@ -223,36 +211,66 @@ def _load_cross_encoder(config: LoaderConfig, device: str, dtype: str) -> Any:
         )
     import torch
     import transformers
-    from sentence_transformers import CrossEncoder
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    name = str(local) if local.is_dir() else config.model
-    try:
-        ce = CrossEncoder(
-            name,
-            device=device,
-            cache_folder=config.cache_dir,
-            revision=config.revision,
-            local_files_only=config.offline or _hub_offline(),
-            trust_remote_code=config.trust_remote_code,
-            max_length=None,
-            activation_fn=torch.nn.Identity(),
-            model_kwargs={"dtype": torch_dtype},
-        )
-    except Exception as exc:  # the libraries raise OSError, ValueError, HTTP errors, ...
-        raise _explain_load_failure(config, exc, local.is_dir()) from exc
+    offline = config.offline or hub_offline()
+    if local.is_dir():
+        ce = _cross_encoder(config, str(local), device, torch_dtype, local_only=True, is_local=True)
+    elif offline:
+        ce = _cross_encoder(config, config.model, device, torch_dtype, local_only=True, is_local=False)
+    else:
+        # Prefer a complete cached copy (no network, fast start); go to the Hub only when it is missing,
+        # and only after a short probe, so an unreachable Hub fails in seconds instead of minutes of retries.
+        try:
+            ce = _cross_encoder(config, config.model, device, torch_dtype, local_only=True, is_local=False)
+        except ModelError as cached_error:
+            if "--trust-remote-code" in str(cached_error):
+                raise
+            reach = probe_hub()
+            if not reach.ok:
+                raise ModelError(
+                    f"model {config.model} is not in the cache {cache_dir(config.cache_dir)} and the Hub is "
+                    f"unreachable ({reach.detail}).",
+                    hint=_fetch_hint(config),
+                ) from None
+            ce = _cross_encoder(config, config.model, device, torch_dtype, local_only=False, is_local=False)
     _check_cross_encoder(config, ce)
     ce.eval()
     return ce
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+def _cross_encoder(
+    config: LoaderConfig, name: str, device: str, torch_dtype: Any, *, local_only: bool, is_local: bool
+) -> Any:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    try:
+        return CrossEncoder(
+            name,
+            device=device,
+            cache_folder=config.cache_dir,
+            revision=config.revision,
+            local_files_only=local_only,
+            trust_remote_code=config.trust_remote_code,
+            activation_fn=torch.nn.Identity(),
+            model_kwargs={"dtype": torch_dtype},
+        )
+    except Exception as exc:  # the libraries raise OSError, ValueError, HTTP errors, ...
+        raise _explain_load_failure(config, exc, is_local, local_only) from exc
 
 
-def _explain_load_failure(config: LoaderConfig, exc: Exception, is_local: bool) -> ModelError:
+def _fetch_hint(config: LoaderConfig) -> str:
+    return (
+        f"Download it with `{download_command(config.model, config.revision, config.cache_dir)}` where the Hub "
+        "is reachable (or copy the cache folder here), or pass --model DIR for a local model. "
+        "Run `bge-rerank doctor` to diagnose."
+    )
+
+
+def _explain_load_failure(config: LoaderConfig, exc: Exception, is_local: bool, local_only: bool) -> ModelError:
     text = " ".join(str(exc).split())
     first = text[:300] + ("..." if len(text) > 300 else "")
     if "trust_remote_code" in text or "custom code" in text:
@@ -266,12 +284,15 @@ def _explain_load_failure(config: LoaderConfig, exc: Exception, is_local: bool) 
             hint="It must hold a sentence-transformers or transformers sequence-classification model. "
             "Run `bge-rerank doctor` for details.",
         )
-    offline = config.offline or _hub_offline()
-    why = "offline mode is on and it is not" if offline else "it could not be downloaded and is not"
+    if local_only:
+        why = "offline mode is on and it is not" if config.offline or hub_offline() else "it is not"
+        return ModelError(
+            f"model {config.model} is not available: {why} completely in the cache {cache_dir(config.cache_dir)}.",
+            hint=_fetch_hint(config),
+        )
     return ModelError(
-        f"model {config.model} is not available: {why} in the cache {hub_cache_dir(config)} ({first})",
-        hint=f"Download it with `{download_command(config)}` on a machine with network access, "
-        "or pass --model DIR for a local model. Run `bge-rerank doctor` to diagnose.",
+        f"model {config.model} could not be downloaded into {cache_dir(config.cache_dir)}: {first}",
+        hint=_fetch_hint(config),
     )
 
 

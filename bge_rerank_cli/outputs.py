@@ -130,7 +130,11 @@ def render_score_table(rows: list[tuple[ScoreItem, Scored]], console: Any, chart
     for item, scored in rows:
         third = f"[green]{_bar(scored.score)}[/]" if chart else f"{scored.logit:.3f}"
         table.add_row(
-            str(item.line), f"{scored.score:.4f}", third, escape(_elide(item.query, 60)), escape(_elide(item.passage))
+            str(item.line),
+            f"{scored.score:.4f}",
+            third,
+            escape(_elide(item.query, 60)),
+            escape(_elide(item.passage)),
         )
     console.print(table)
 
@@ -155,5 +159,7 @@ def render_rerank_table(result: RerankResult, console: Any, chart: bool = False)
         label = doc.fields.get("id") or doc.fields.get("title")
         prefix = f"[cyan]{escape(str(label))}[/] " if label is not None else ""
         text = prefix + escape(_elide(doc.text, 48 if chart else TEXT_WIDTH))
-        table.add_row(str(doc.rank), f"{doc.score:.4f}", f"[green]{_bar(doc.score)}[/]", str(doc.index + 1), text)
+        table.add_row(
+            str(doc.rank), f"{doc.score:.4f}", f"[green]{_bar(doc.score)}[/]", str(doc.index + 1), text
+        )
     console.print(table)

@@ -57,8 +57,9 @@ def cross_encoder_predict():
     return predict
 
 
-def run_cli(args: Sequence[str], stdin: bytes | None = None, env: dict[str, str] | None = None,
-            timeout: float = 180) -> subprocess.CompletedProcess[bytes]:
+def run_cli(
+    args: Sequence[str], stdin: bytes | None = None, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[bytes]:
     """Run the real installed entry point in a subprocess, as a shell pipeline would."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(

@@ -63,7 +63,9 @@ def test_tsv_escapes_tabs_and_newlines():
 
 @pytest.mark.parametrize("fmt", ["table", "chart"])
 def test_tables_escape_markup_and_show_text(fmt: str):
-    line = orjson.dumps({"query": "q [red]x[/]", "documents": ["[bold]keep brackets[/]", "如何申请软件著作权"]})
+    line = orjson.dumps(
+        {"query": "q [red]x[/]", "documents": ["[bold]keep brackets[/]", "如何申请软件著作权"]}
+    )
     result = runner.invoke(app, ["rerank", "--format", fmt], input=line)
     assert result.exit_code == 0, result.output
     assert "[bold]keep brackets[/]" in result.stdout

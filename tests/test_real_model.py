@@ -106,7 +106,9 @@ def test_rerank_scores_equal_score_command(tiny_xlmr: Path, cross_encoder_predic
     for t in texts:
         args += ["-d", t]
     row = jsonl(runner.invoke(app, args).stdout)[0]
-    assert {r["index"]: r["score"] for r in row["results"]} == pytest.approx(dict(enumerate(expected)), abs=1e-5)
+    assert {r["index"]: r["score"] for r in row["results"]} == pytest.approx(
+        dict(enumerate(expected)), abs=1e-5
+    )
 
 
 def test_top_k_and_min_score(tiny_xlmr: Path):
@@ -140,11 +142,15 @@ def test_malformed_line_through_a_real_pipe(tiny_xlmr: Path):
 
 
 def test_fp16_on_cpu_warns_once_and_runs_fp32(tiny_xlmr: Path, cross_encoder_predict):
-    result = run_cli(["score", "-m", str(tiny_xlmr), "--fp16", "--device", "cpu", "-q", "deep", "-p", "learning"])
+    result = run_cli(
+        ["score", "-m", str(tiny_xlmr), "--fp16", "--device", "cpu", "-q", "deep", "-p", "learning"]
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stderr.decode().count("fp16 is not supported on the CPU") == 1
     (row,) = jsonl(result.stdout)
-    assert row["score"] == pytest.approx(cross_encoder_predict(tiny_xlmr, [("deep", "learning")])[0], abs=1e-5)
+    assert row["score"] == pytest.approx(
+        cross_encoder_predict(tiny_xlmr, [("deep", "learning")])[0], abs=1e-5
+    )
 
 
 def test_missing_model_offline_says_what_to_do(tmp_path: Path):
@@ -185,9 +191,47 @@ def test_python_api(tiny_xlmr: Path, cross_encoder_predict):
     reranker = Reranker(str(tiny_xlmr), device="cpu")
     docs = ["deep learning uses neural networks", {"text": "apple banana", "id": "fruit"}]
     result = reranker.rerank("what is deep learning", docs)
-    expected = cross_encoder_predict(tiny_xlmr, [("what is deep learning", d if isinstance(d, str) else d["text"]) for d in docs])
+    expected = cross_encoder_predict(
+        tiny_xlmr, [("what is deep learning", d if isinstance(d, str) else d["text"]) for d in docs]
+    )
     assert {d.index: d.score for d in result.results} == pytest.approx(dict(enumerate(expected)), abs=1e-5)
     assert [d.rank for d in result.results] == [1, 2]
     fruit = next(d for d in result.results if d.index == 1)
     assert fruit.fields == {"id": "fruit"}
-    assert [s.score for s in reranker.score("what is deep learning", [docs[0]])] == pytest.approx(expected[:1], abs=1e-5)
+    assert [s.score for s in reranker.score("what is deep learning", [docs[0]])] == pytest.approx(
+        expected[:1], abs=1e-5
+    )
+
+
+def fake_hub_cache(root: Path, model_dir: Path, repo: str = "test-org/tiny-reranker") -> Path:
+    """Lay a model out exactly as huggingface_hub caches a download (blobs, snapshot, refs/main)."""
+    import shutil
+
+    folder = root / ("models--" + repo.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in model_dir.iterdir():
+        shutil.copy(file, snapshot / file.name)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    return folder
+
+
+def test_a_cached_hub_model_loads_without_network(tiny_xlmr: Path, tmp_path: Path, cross_encoder_predict):
+    fake_hub_cache(tmp_path, tiny_xlmr)
+    env = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on port 9
+    args = ["score", "-m", "test-org/tiny-reranker", "--cache-dir", str(tmp_path), "-q", "deep", "-p", "learning"]
+    result = run_cli(args, env=env)
+    assert result.returncode == 0, result.stderr.decode()
+    (row,) = jsonl(result.stdout)
+    assert row["score"] == pytest.approx(cross_encoder_predict(tiny_xlmr, [("deep", "learning")])[0], abs=1e-5)
+
+
+def test_an_uncached_model_with_an_unreachable_hub_fails_fast(tmp_path: Path):
+    env = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    result = run_cli(["score", "-q", "a", "-p", "b", "--cache-dir", str(tmp_path)], env=env, timeout=60)
+    err = result.stderr.decode()
+    assert result.returncode == 4
+    assert "not in the cache" in err and "unreachable" in err and "bge-rerank doctor" in err
+    assert "Retrying" not in err

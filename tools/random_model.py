@@ -117,7 +117,9 @@ def build_bert(path: str | Path, *, seed: int = 0, initializer_range: float = 0.
     out = Path(path)
     pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS]
     chars = string.ascii_lowercase + string.digits + string.punctuation + _CJK
-    pieces += [c for c in chars if c not in pieces] + [f"##{c}" for c in string.ascii_lowercase + string.digits]
+    pieces += [c for c in chars if c not in pieces] + [
+        f"##{c}" for c in string.ascii_lowercase + string.digits
+    ]
     vocab = {piece: i for i, piece in enumerate(dict.fromkeys(pieces))}
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
     tokenizer.model_max_length = 512
@@ -140,7 +142,9 @@ def build_bert(path: str | Path, *, seed: int = 0, initializer_range: float = 0.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("path")
     parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--family", choices=["xlmr", "bert"], default="xlmr")

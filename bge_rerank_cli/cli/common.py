@@ -100,7 +100,9 @@ def build_config(
     if fp16 is not None:
         wanted = "fp16" if fp16 else "fp32"
         if dtype not in ("auto", wanted):
-            raise UsageError(f"--{'no-' if not fp16 else ''}fp16 contradicts --dtype {dtype}; give one of them.")
+            raise UsageError(
+                f"--{'no-' if not fp16 else ''}fp16 contradicts --dtype {dtype}; give one of them."
+            )
         dtype = wanted
     return LoaderConfig(
         model=model,
@@ -147,8 +149,13 @@ def progress(quiet: bool, unit: str = "pairs") -> Iterator[Callable[[int], None]
         return
     from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    columns = (SpinnerColumn(), TextColumn(f"scoring {unit}"), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[rate]}"))
+    columns = (
+        SpinnerColumn(),
+        TextColumn(f"scoring {unit}"),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[rate]}"),
+    )
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("score", total=None, rate="")
         started = time.perf_counter()
@@ -174,7 +181,7 @@ def output_stream(path: str | None) -> Iterator[tuple[BinaryIO, IO[Any] | None]]
     except OSError as exc:
         raise UsageError(f"cannot write --output {path}: {exc.strerror}.") from None
     with handle:
-        yield handle, handle  # type: ignore[misc]
+        yield handle, handle
 
 
 def check_format(fmt: str) -> None:
@@ -198,10 +205,14 @@ def emit(
         fmt = resolve_format(fmt, text_file)
         if fmt in ("table", "chart"):
             rows = [row for chunk in chunks for row in chunk]
-            console = Console(file=_text_io(text_file), highlight=False) if text_file else Console(highlight=False)
+            console = (
+                Console(file=_text_io(text_file), highlight=False) if text_file else Console(highlight=False)
+            )
             render(rows, console, fmt == "chart")
             return len(rows)
-        writer: JsonlWriter | TsvWriter = JsonlWriter(stream) if fmt == "jsonl" else TsvWriter(stream, tsv_columns)
+        writer: JsonlWriter | TsvWriter = (
+            JsonlWriter(stream) if fmt == "jsonl" else TsvWriter(stream, tsv_columns)
+        )
         for chunk in chunks:
             for row in chunk:
                 if fmt == "jsonl":
@@ -217,7 +228,7 @@ def emit(
 def _text_io(binary: IO[Any]) -> IO[str]:
     import io
 
-    return io.TextIOWrapper(binary, encoding="utf-8", write_through=True)  # type: ignore[arg-type]
+    return io.TextIOWrapper(binary, encoding="utf-8", write_through=True)
 
 
 def summary(count: int, unit: str, started: float, quiet: bool) -> None:

@@ -61,6 +61,7 @@ BatchSize = Annotated[
 Offline = Annotated[
     bool,
     typer.Option(
+        "--offline",
         envvar="BGE_RERANK_OFFLINE",
         help="No network calls: use the local cache or a local directory only (HF_HUB_OFFLINE=1 works too).",
         rich_help_panel=LOADER,
@@ -83,6 +84,7 @@ Revision = Annotated[
 TrustRemoteCode = Annotated[
     bool,
     typer.Option(
+        "--trust-remote-code",
         envvar="BGE_RERANK_TRUST_REMOTE_CODE",
         help="Allow models that ship their own Python code. Off by default.",
         rich_help_panel=LOADER,
@@ -101,9 +103,16 @@ Format = Annotated[
 ]
 Output = Annotated[
     str | None,
-    typer.Option("--output", "-o", help="Write results to this file instead of stdout.", rich_help_panel=OUTPUT),
+    typer.Option(
+        "--output", "-o", help="Write results to this file instead of stdout.", rich_help_panel=OUTPUT
+    ),
 ]
 Quiet = Annotated[
     bool,
-    typer.Option("--quiet", envvar="BGE_RERANK_QUIET", help="No progress bar or summary on stderr.", rich_help_panel=OUTPUT),
+    typer.Option(
+        "--quiet",
+        envvar="BGE_RERANK_QUIET",
+        help="No progress bar or summary on stderr.",
+        rich_help_panel=OUTPUT,
+    ),
 ]

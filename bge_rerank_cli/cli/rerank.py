@@ -24,13 +24,18 @@ def rerank(
         typer.Argument(help='JSONL file of {"query", "documents"} records; "-" or nothing reads stdin.'),
     ] = None,
     query: Annotated[str | None, typer.Option("--query", "-q", help="Rerank for this query inline.")] = None,
-    doc: Annotated[list[str] | None, typer.Option("--doc", "-d", help="A candidate for --query (repeatable).")] = None,
+    doc: Annotated[
+        list[str] | None, typer.Option("--doc", "-d", help="A candidate for --query (repeatable).")
+    ] = None,
     docs_file: Annotated[
         str | None, typer.Option("--docs-file", help="Candidates for --query, one passage per line.")
     ] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Keep the best N per query.")] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", "-k", min=1, help="Keep the best N per query.")
+    ] = None,
     min_score: Annotated[
-        float | None, typer.Option("--min-score", min=0.0, max=1.0, help="Drop results scoring below X (0..1).")
+        float | None,
+        typer.Option("--min-score", min=0.0, max=1.0, help="Drop results scoring below X (0..1)."),
     ] = None,
     model: opt.Model = DEFAULT_MODEL,
     device: opt.Device = "auto",

@@ -12,8 +12,8 @@ from ..config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MODEL, Load
 from ..engine import score_stream
 from ..errors import UsageError
 from ..inputs import inline_score_items, open_input, score_items
-from ..records import ScoreItem
 from ..outputs import SCORE_TSV, render_score_table, score_record, score_tsv_row
+from ..records import ScoreItem
 from . import common
 from . import options as opt
 

@@ -1,0 +1,69 @@
+"""Hugging Face Hub facts without torch: where the cache is, whether a model is in it, whether the Hub answers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TRUTHY = {"1", "true", "yes", "on"}
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in TRUTHY
+
+
+def hub_offline() -> bool:
+    return env_flag("HF_HUB_OFFLINE") or env_flag("TRANSFORMERS_OFFLINE")
+
+
+def cache_dir(explicit: str | None = None) -> Path:
+    """The hub cache in use: ``--cache-dir``, else HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if explicit:
+        return Path(explicit).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
+@dataclass(frozen=True)
+class Reachability:
+    ok: bool
+    detail: str
+
+
+def probe_hub(timeout: float = 3.0) -> Reachability:
+    """One short HTTP request to the Hub endpoint (honours proxy variables); never hangs longer than ``timeout``."""
+    import urllib.error
+    import urllib.request
+
+    url = endpoint()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:  # an HTTP answer, even an error, means the Hub is reachable
+        status = exc.code
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Reachability(False, f"{url} unreachable: {reason}"[:200])
+    return Reachability(True, f"{url} answered HTTP {status}")
+
+
+def repo_folder(model: str, explicit_cache: str | None = None) -> Path:
+    """Where the cache keeps a model repository (``models--org--name``)."""
+    return cache_dir(explicit_cache) / ("models--" + model.replace("/", "--"))
+
+
+def download_command(model: str, revision: str | None = None, cache: str | None = None) -> str:
+    cmd = f"hf download {model}"
+    if revision:
+        cmd += f" --revision {revision}"
+    if cache:
+        cmd += f" --cache-dir {cache}"
+    return cmd

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up from scratch (idempotent) and run the main job: rerank the sample queries and show the result.
+# Uses BGE_RERANK_MODEL (default BAAI/bge-reranker-v2-m3, downloaded into the Hugging Face cache).
+# Where that model cannot be downloaded, it says so, shows how to use a local model directory, and
+# then runs the same job on a random-weight stand-in built locally, so the pipeline can still be seen.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || exit $?
+VENV="${BGE_RERANK_VENV:-.venv}"
+BIN="$VENV/bin/bge-rerank"
+INPUT="sample_data/rerank.jsonl"
+
+"$BIN" rerank "$INPUT" --format table --top-k 3 "$@"
+rc=$?
+if [ "$rc" -ne 4 ]; then
+    exit "$rc"
+fi
+model="${BGE_RERANK_MODEL:-BAAI/bge-reranker-v2-m3}"
+cat >&2 <<MSG
+
+The model $model could not be loaded (see the error above): this machine cannot reach the
+Hugging Face Hub and the model is not in its cache. To use a model you have on disk:
+
+    $BIN rerank --model /path/to/bge-reranker-v2-m3 $INPUT
+    # or: export BGE_RERANK_MODEL=/path/to/model
+
+To fill the cache on a machine with network access: hf download $model
+
+Now running the same job on a RANDOM-WEIGHT stand-in model built locally, to show the pipeline
+end to end. Its scores are meaningless.
+MSG
+standin=".cache/random-reranker"
+if [ ! -f "$standin/config.json" ]; then
+    "$VENV/bin/python" -m tools.random_model "$standin" >/dev/null 2>&1 || exit 1
+fi
+"$BIN" rerank "$INPUT" --model "$standin" --format table --top-k 3 "$@"

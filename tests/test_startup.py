@@ -1,0 +1,59 @@
+"""Fast start and terminal behaviour, checked in real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+HEAVY = ("torch", "transformers", "sentence_transformers", "tensorflow")
+
+PROBE = """
+import runpy, sys
+sys.argv = ["bge-rerank", *{args!r}]
+try:
+    runpy.run_module("bge_rerank_cli", run_name="__main__")
+except SystemExit:
+    pass
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r})
+print("HEAVY=" + ",".join(heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["score", "--help"], ["rerank", "--help"], ["--version"]])
+def test_help_imports_no_torch(args: list[str]):
+    code = PROBE.format(args=args, heavy=HEAVY)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0
+    assert b"HEAVY=\n" in result.stderr, result.stderr.decode()[-500:]
+    assert b"Usage" in result.stdout or b"bge-rerank" in result.stdout
+
+
+def test_package_import_is_light():
+    code = "import sys, bge_rerank_cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, timeout=60)
+    assert result.stdout.strip() == b"[]"
+
+
+@pytest.mark.parametrize("command", ["score", "rerank"])
+def test_interactive_stdin_without_input_prints_usage_instead_of_hanging(command: str):
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "bge_rerank_cli", command],
+            stdin=follower,
+            capture_output=True,
+            cwd=REPO,
+            timeout=60,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert result.returncode == 2
+    assert f"bge-rerank {command} input.jsonl".encode() in result.stderr
