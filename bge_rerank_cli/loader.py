@@ -270,7 +270,9 @@ def _fetch_hint(config: LoaderConfig) -> str:
     )
 
 
-def _explain_load_failure(config: LoaderConfig, exc: Exception, is_local: bool, local_only: bool) -> ModelError:
+def _explain_load_failure(
+    config: LoaderConfig, exc: Exception, is_local: bool, local_only: bool
+) -> ModelError:
     text = " ".join(str(exc).split())
     first = text[:300] + ("..." if len(text) > 300 else "")
     if "trust_remote_code" in text or "custom code" in text:

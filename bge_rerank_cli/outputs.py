@@ -107,12 +107,12 @@ def rerank_tsv_rows(result: RerankResult) -> list[dict[str, Any]]:
 # --- Rich renderings (terminal only) ---------------------------------------------------------
 
 
-def _bar(score: float, width: int = 20) -> str:
+def bar(score: float, width: int = 20) -> str:
     filled = max(0, min(width, round(score * width)))
     return "█" * filled + "░" * (width - filled)
 
 
-def _elide(text: str, limit: int = TEXT_WIDTH) -> str:
+def elide(text: str, limit: int = TEXT_WIDTH) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
@@ -128,13 +128,13 @@ def render_score_table(rows: list[tuple[ScoreItem, Scored]], console: Any, chart
     table.add_column("query", overflow="ellipsis", max_width=40)
     table.add_column("passage", overflow="ellipsis")
     for item, scored in rows:
-        third = f"[green]{_bar(scored.score)}[/]" if chart else f"{scored.logit:.3f}"
+        third = f"[green]{bar(scored.score)}[/]" if chart else f"{scored.logit:.3f}"
         table.add_row(
             str(item.line),
             f"{scored.score:.4f}",
             third,
-            escape(_elide(item.query, 60)),
-            escape(_elide(item.passage)),
+            escape(elide(item.query, 60)),
+            escape(elide(item.passage)),
         )
     console.print(table)
 
@@ -148,7 +148,9 @@ def render_rerank_table(result: RerankResult, console: Any, chart: bool = False)
     from rich.markup import escape
     from rich.table import Table
 
-    title = f"[bold]{escape(_elide(result.query, 100))}[/]  [dim]({len(result.results)} of {result.candidates})[/]"
+    title = (
+        f"[bold]{escape(elide(result.query, 100))}[/]  [dim]({len(result.results)} of {result.candidates})[/]"
+    )
     table = Table(title=title, title_justify="left", expand=False)
     table.add_column("rank", justify="right")
     table.add_column("score", justify="right")
@@ -158,8 +160,8 @@ def render_rerank_table(result: RerankResult, console: Any, chart: bool = False)
     for doc in result.results:
         label = doc.fields.get("id") or doc.fields.get("title")
         prefix = f"[cyan]{escape(str(label))}[/] " if label is not None else ""
-        text = prefix + escape(_elide(doc.text, 48 if chart else TEXT_WIDTH))
+        text = prefix + escape(elide(doc.text, 48 if chart else TEXT_WIDTH))
         table.add_row(
-            str(doc.rank), f"{doc.score:.4f}", f"[green]{_bar(doc.score)}[/]", str(doc.index + 1), text
+            str(doc.rank), f"{doc.score:.4f}", f"[green]{bar(doc.score)}[/]", str(doc.index + 1), text
         )
     console.print(table)

@@ -220,12 +220,28 @@ def fake_hub_cache(root: Path, model_dir: Path, repo: str = "test-org/tiny-reran
 
 def test_a_cached_hub_model_loads_without_network(tiny_xlmr: Path, tmp_path: Path, cross_encoder_predict):
     fake_hub_cache(tmp_path, tiny_xlmr)
-    env = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on port 9
-    args = ["score", "-m", "test-org/tiny-reranker", "--cache-dir", str(tmp_path), "-q", "deep", "-p", "learning"]
+    env = {
+        "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+    }  # nothing listens on port 9
+    args = [
+        "score",
+        "-m",
+        "test-org/tiny-reranker",
+        "--cache-dir",
+        str(tmp_path),
+        "-q",
+        "deep",
+        "-p",
+        "learning",
+    ]
     result = run_cli(args, env=env)
     assert result.returncode == 0, result.stderr.decode()
     (row,) = jsonl(result.stdout)
-    assert row["score"] == pytest.approx(cross_encoder_predict(tiny_xlmr, [("deep", "learning")])[0], abs=1e-5)
+    assert row["score"] == pytest.approx(
+        cross_encoder_predict(tiny_xlmr, [("deep", "learning")])[0], abs=1e-5
+    )
 
 
 def test_an_uncached_model_with_an_unreachable_hub_fails_fast(tmp_path: Path):

@@ -1,7 +1,7 @@
 """Regenerate the README's CLI reference from the commands' own ``--help``.
 
-    python -m tools.cli_reference          # rewrite README.md in place
-    python -m tools.cli_reference --check  # exit 1 if README.md is stale (the tests run this)
+python -m tools.cli_reference          # rewrite README.md in place
+python -m tools.cli_reference --check  # exit 1 if README.md is stale (the tests run this)
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
+from .demo import demo
 from .rerank import rerank
 from .score import score
 
@@ -38,6 +39,7 @@ def _root(
 
 app.command()(score)
 app.command()(rerank)
+app.command()(demo)
 
 
 def main() -> None:

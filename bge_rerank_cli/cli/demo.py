@@ -1,0 +1,164 @@
+"""`bge-rerank demo`: watch the keyword trap being solved."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MODEL
+from ..demo import DemoResult, DemoRow, DemoTimings, demo_queries, run_query, timings
+from ..errors import UsageError
+from ..outputs import bar, elide
+from . import common
+from . import options as opt
+
+
+def demo(
+    lang: Annotated[str, typer.Option(help="Which examples: zh, en or all.")] = "all",
+    model: opt.Model = DEFAULT_MODEL,
+    device: opt.Device = "auto",
+    fp16: opt.Fp16 = None,
+    dtype: opt.Dtype = "auto",
+    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
+    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
+    offline: opt.Offline = False,
+    cache_dir: opt.CacheDir = None,
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", "-f", help="auto (table on a terminal, JSONL when piped), table or jsonl."),
+    ] = "auto",
+    quiet: opt.Quiet = False,
+) -> None:
+    """Show the keyword trap solved: BM25's order next to the cross-encoder's, with timings.
+
+    For each example query, a keyword retriever (BM25) ranks passages that merely share the query's words high; the reranker reads query and passage together and moves the real answer (marked ✔) up.
+    """
+    with common.reported_errors():
+        if fmt not in ("auto", "table", "jsonl"):
+            raise UsageError(f"--format must be auto, table or jsonl, got {fmt!r}.")
+        queries = demo_queries(lang)
+        config = common.build_config(
+            model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size,
+            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        scorer = common.load_model(config, quiet)
+        as_json = fmt == "jsonl" or (fmt == "auto" and not sys.stdout.isatty())
+        console = Console(highlight=False)
+        results = []
+        for query in queries:
+            result = run_query(scorer, query)
+            results.append(result)
+            if as_json:
+                _write(_query_record(result))
+            else:
+                _render(result, console)
+        summary = timings(scorer, results)
+        if as_json:
+            _write(_timings_record(summary, results))
+        else:
+            _render_timings(summary, results, console)
+
+
+def _write(record: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+    sys.stdout.buffer.flush()
+
+
+def _row_record(row: DemoRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "answer": row.answer,
+        "rank": row.rank,
+        "score": row.score,
+        "logit": row.logit,
+        "bm25_rank": row.bm25_rank,
+        "bm25_score": row.bm25_score,
+        "change": row.change,
+        "text": row.text,
+    }
+
+
+def _query_record(result: DemoResult) -> dict[str, Any]:
+    return {
+        "type": "query",
+        "lang": result.lang,
+        "query": result.query,
+        "bm25": [{"rank": r.bm25_rank, "id": r.id, "bm25_score": r.bm25_score} for r in result.bm25_order],
+        "reranked": [_row_record(r) for r in result.rows],
+        "latency_ms": result.latency_s * 1000,
+    }
+
+
+def _timings_record(summary: DemoTimings, results: list[DemoResult]) -> dict[str, Any]:
+    latencies = [r.latency_s * 1000 for r in results]
+    return {
+        "type": "timings",
+        "model": summary.model,
+        "device": summary.device,
+        "dtype": summary.dtype,
+        "load_s": summary.load_s,
+        "queries": len(results),
+        "pairs": summary.pairs,
+        "latency_ms_mean": sum(latencies) / len(latencies) if latencies else 0.0,
+        "latency_ms_max": max(latencies, default=0.0),
+        "pairs_per_s": summary.pairs_per_s,
+    }
+
+
+def _label(row: DemoRow, width: int) -> str:
+    mark = "[green]✔[/] " if row.answer else "  "
+    return mark + escape(elide(row.text, width))
+
+
+def _move(change: int) -> str:
+    if change > 0:
+        return f"[green]↑{change}[/]"
+    if change < 0:
+        return f"[red]↓{-change}[/]"
+    return "[dim]·[/]"
+
+
+def _render(result: DemoResult, console: Console) -> None:
+    from rich import box
+
+    table = Table(
+        title=f"[bold]{escape(result.query)}[/]", title_justify="left", expand=True, box=box.SIMPLE_HEAD
+    )
+    table.add_column("#", justify="right", style="dim", min_width=1)
+    table.add_column("BM25 order", overflow="ellipsis", no_wrap=True, ratio=1)
+    table.add_column("reranked order", overflow="ellipsis", no_wrap=True, ratio=1)
+    table.add_column("score", no_wrap=True, min_width=16)
+    table.add_column("move", justify="right", min_width=4)
+    for first, second in zip(result.bm25_order, result.rows, strict=True):
+        table.add_row(
+            str(second.rank),
+            _label(first, 200),
+            _label(second, 200),
+            f"{second.score:.3f} [green]{bar(second.score, 10)}[/]",
+            _move(second.change),
+        )
+    console.print(table)
+    console.print(f"[dim]{result.latency_s * 1000:.0f} ms for {len(result.rows)} pairs[/]\n")
+
+
+def _render_timings(summary: DemoTimings, results: list[DemoResult], console: Console) -> None:
+    record = _timings_record(summary, results)
+    console.print(
+        f"[bold]model[/] {escape(summary.model)}  [bold]device[/] {summary.device}  "
+        f"[bold]precision[/] {summary.dtype}\n"
+        f"[bold]load[/] {summary.load_s:.1f} s  [bold]latency[/] {record['latency_ms_mean']:.0f} ms/query "
+        f"(max {record['latency_ms_max']:.0f})  [bold]throughput[/] {summary.pairs_per_s:.1f} pairs/s"
+    )
+    answers_up = sum(1 for r in results if r.rows[0].answer)
+    bm25_right = sum(1 for r in results if r.bm25_order[0].answer)
+    console.print(
+        f"answer ranked first: BM25 {bm25_right}/{len(results)}, reranker {answers_up}/{len(results)}"
+    )
