@@ -8,6 +8,7 @@ import typer
 
 from .. import __version__
 from .demo import demo
+from .doctor import doctor
 from .rerank import rerank
 from .score import score
 
@@ -40,6 +41,7 @@ def _root(
 app.command()(score)
 app.command()(rerank)
 app.command()(demo)
+app.command()(doctor)
 
 
 def main() -> None:

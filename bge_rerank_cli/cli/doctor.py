@@ -1,0 +1,80 @@
+"""`bge-rerank doctor`: find and explain what breaks installs."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MODEL
+from ..errors import UsageError
+from . import common
+from . import options as opt
+
+ICONS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+
+
+def doctor(
+    check_model: Annotated[
+        bool,
+        typer.Option("--check-model", help="Also load the model and score one pair (load time, latency)."),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the Hub before calling it unreachable.")
+    ] = 3.0,
+    model: opt.Model = DEFAULT_MODEL,
+    device: opt.Device = "auto",
+    fp16: opt.Fp16 = None,
+    dtype: opt.Dtype = "auto",
+    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
+    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
+    offline: opt.Offline = False,
+    cache_dir: opt.CacheDir = None,
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", "-f", help="auto (table on a terminal, JSON when piped), table or json."),
+    ] = "auto",
+) -> None:
+    """Diagnose the install: versions, TensorFlow/Keras conflicts, model cache, Hub access, CUDA, CPU.
+
+    Every check reports ok, warn or FAIL with its finding and the fix. Exit code 0 when nothing failed, 1 otherwise. Takes the same model flags as the other commands, so it checks the model you would use.
+    """
+    from ..doctor import collect, run_checks
+
+    with common.reported_errors():
+        if fmt not in ("auto", "table", "json"):
+            raise UsageError(f"--format must be auto, table or json, got {fmt!r}.")
+        config = common.build_config(
+            model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size,
+            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        if common.err_console.is_terminal:
+            with common.err_console.status("checking …", spinner="dots"):
+                results = run_checks(collect(config, check_model=check_model, timeout=timeout))
+        else:
+            results = run_checks(collect(config, check_model=check_model, timeout=timeout))
+        failed = any(r.status == "fail" for r in results)
+        if fmt == "json" or (fmt == "auto" and not sys.stdout.isatty()):
+            payload = {"ok": not failed, "model": config.model, "checks": [asdict(r) for r in results]}
+            sys.stdout.buffer.write(
+                orjson.dumps(payload, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+            )
+        else:
+            table = Table(title="bge-rerank doctor", title_justify="left", show_lines=True)
+            table.add_column("status", no_wrap=True)
+            table.add_column("check", no_wrap=True, style="bold")
+            table.add_column("finding", ratio=3)
+            table.add_column("fix", ratio=2)
+            for r in results:
+                table.add_row(ICONS[r.status], r.name, escape(r.finding), escape(r.fix))
+            Console(highlight=False).print(table)
+        if failed:
+            raise typer.Exit(1)

@@ -1,0 +1,424 @@
+"""Everything doctor looks at, gathered once into plain data. Checks are pure functions of this.
+
+Collection never raises: a part that cannot be read records why, and the checks report it.
+Optional packages are inspected through their metadata, never imported (TensorFlow, onnxruntime, Ray).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ..config import LoaderConfig
+from ..hub import Reachability, hub_offline, probe_hub
+
+PACKAGES = (
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "tokenizers",
+    "huggingface-hub",
+    "numpy",
+    "tensorflow",
+    "tensorflow-cpu",
+    "tensorflow-macos",
+    "tf-nightly",
+    "keras",
+    "tf-keras",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "ray",
+    "bge-rerank-cli",
+)
+# Whose declared requirements we verify against what is installed.
+REQUIRERS = ("bge-rerank-cli", "sentence-transformers", "transformers", "tokenizers")
+ENV_VARS = (
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "TRANSFORMERS_CACHE",
+    "XDG_CACHE_HOME",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_ENDPOINT",
+    "USE_TF",
+    "USE_TORCH",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "BGE_RERANK_MODEL",
+)
+CPU_FLAGS = {
+    "AVX2": ("avx2",),
+    "AVX-512": ("avx512f",),
+    "VNNI": ("avx512_vnni", "avx_vnni"),
+    "BF16": ("avx512_bf16",),
+    "AMX": ("amx_bf16", "amx_tile"),
+}
+# bge-reranker-v2-m3: XLM-RoBERTa-large shape, fp32 weights on the Hub.
+KNOWN_SHAPES = {
+    "BAAI/bge-reranker-v2-m3": {"params": 567_755_777, "hidden": 1024, "layers": 24, "heads": 16},
+}
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    capability: tuple[int, int]
+    total_bytes: int
+    free_bytes: int
+    bf16: bool
+
+
+@dataclass(frozen=True)
+class TorchInfo:
+    version: str | None = None
+    import_error: str | None = None
+    cuda_build: str | None = None
+    cuda_available: bool = False
+    cuda_error: str | None = None
+    gpus: tuple[GpuInfo, ...] = ()
+    mps_built: bool = False
+    mps_available: bool = False
+    threads: int = 0
+    cpu_capability: str = ""  # the kernels torch dispatches to: DEFAULT, AVX2, AVX512, ...
+    cpu_bf16: bool = False  # oneDNN reports hardware bf16 support
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    name: str = ""
+    cores: int = 0
+    usable_cores: int = 0
+    flags: tuple[str, ...] = ()  # our names: AVX2, AVX-512, VNNI, BF16, AMX
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    path: str
+    source: str  # how it was chosen
+    exists: bool = False
+    writable: bool = False
+    writable_error: str | None = None
+    free_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What the cache (or a local directory) holds for the selected model."""
+
+    model: str
+    local_dir: bool = False
+    present: bool = False
+    snapshot: str | None = None
+    files: tuple[str, ...] = ()
+    incomplete: tuple[str, ...] = ()  # partial blobs of an interrupted download
+    broken_links: tuple[str, ...] = ()
+    size_bytes: int = 0
+    shape: dict[str, int] = field(default_factory=dict)  # params/hidden/layers/heads when known
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    load_s: float = 0.0
+    latency_s: float = 0.0
+    error: str | None = None
+    device: str = ""
+    dtype: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    config: LoaderConfig
+    python: str
+    platform: str
+    packages: dict[str, str | None]
+    unmet: tuple[str, ...]
+    env: dict[str, str]
+    cache: CacheInfo
+    model: ModelFiles
+    hub: Reachability | None
+    torch: TorchInfo
+    cpu: CpuInfo
+    nvidia_driver: str | None = None
+    model_check: ModelCheck | None = None
+
+    @property
+    def offline(self) -> bool:
+        truthy = {"1", "true", "yes", "on"}
+        return self.config.offline or any(
+            self.env.get(k, "").strip().lower() in truthy for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+        )
+
+
+def resolve_cache(env: dict[str, str], explicit: str | None, home: str) -> tuple[str, str]:
+    """The hub cache directory and how it was chosen, by huggingface_hub's own precedence."""
+    if explicit:
+        return str(Path(explicit).expanduser()), "--cache-dir"
+    if env.get("HF_HUB_CACHE"):
+        return str(Path(env["HF_HUB_CACHE"]).expanduser()), "HF_HUB_CACHE"
+    if env.get("HUGGINGFACE_HUB_CACHE"):
+        return str(Path(env["HUGGINGFACE_HUB_CACHE"]).expanduser()), "HUGGINGFACE_HUB_CACHE (legacy name)"
+    if env.get("HF_HOME"):
+        return str(Path(env["HF_HOME"]).expanduser() / "hub"), "HF_HOME/hub"
+    if env.get("XDG_CACHE_HOME"):
+        return str(Path(env["XDG_CACHE_HOME"]) / "huggingface" / "hub"), "XDG_CACHE_HOME/huggingface/hub"
+    return str(Path(home) / ".cache" / "huggingface" / "hub"), "default (~/.cache/huggingface/hub)"
+
+
+def collect(
+    config: LoaderConfig, *, probe_network: bool = True, check_model: bool = False, timeout: float = 3.0
+) -> Snapshot:
+    env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
+    cache_path, source = resolve_cache(env, config.cache_dir, str(Path.home()))
+    offline = config.offline or hub_offline()
+    model = model_files(config, cache_path)
+    hub = None if offline or not probe_network else probe_hub(timeout)
+    torch_info = collect_torch()
+    return Snapshot(
+        config=config,
+        python=platform.python_version(),
+        platform=f"{platform.system()} {platform.release()} {platform.machine()}",
+        packages={name: _version(name) for name in PACKAGES},
+        unmet=unmet_requirements(),
+        env=env,
+        cache=cache_info(cache_path, source),
+        model=model,
+        hub=hub,
+        torch=torch_info,
+        cpu=collect_cpu(),
+        nvidia_driver=nvidia_driver(),
+        model_check=run_model_check(config) if check_model else None,
+    )
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def unmet_requirements() -> tuple[str, ...]:
+    """Declared requirements of our key packages that the installed versions do not satisfy."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        return ()
+    problems = []
+    for requirer in REQUIRERS:
+        try:
+            declared = metadata.requires(requirer) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for spec in declared:
+            try:
+                req = Requirement(spec)
+            except Exception:
+                continue
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            installed = _version(req.name)
+            if (
+                installed is not None
+                and req.specifier
+                and not req.specifier.contains(installed, prereleases=True)
+            ):
+                problems.append(f"{requirer} needs {req.name}{req.specifier}, but {installed} is installed")
+    return tuple(problems)
+
+
+def cache_info(path: str, source: str) -> CacheInfo:
+    target = Path(path)
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    writable, error = True, None
+    try:
+        if target.exists():
+            with tempfile.NamedTemporaryFile(dir=target, prefix=".bge-rerank-doctor-"):
+                pass
+        elif not os.access(existing, os.W_OK):
+            writable, error = False, f"cannot create it: {existing} is not writable"
+    except OSError as exc:
+        writable, error = False, f"{exc.strerror or exc}"
+    free = None
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(existing).free
+    return CacheInfo(path, source, target.exists(), writable, error, free)
+
+
+def model_files(config: LoaderConfig, cache_path: str) -> ModelFiles:
+    local = Path(config.model).expanduser()
+    if local.is_dir():
+        names = tuple(sorted(p.name for p in local.iterdir()))
+        total = sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
+        return ModelFiles(
+            config.model, True, True, str(local), names, (), (), total, _shape(local, config.model)
+        )
+    repo = Path(cache_path) / ("models--" + config.model.replace("/", "--"))
+    if not repo.is_dir():
+        return ModelFiles(config.model, shape=KNOWN_SHAPES.get(config.model, {}))
+    incomplete = tuple(sorted(p.name for p in (repo / "blobs").glob("*.incomplete")))
+    revision = config.revision or "main"
+    ref = repo / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = repo / "snapshots" / commit
+    files: tuple[str, ...] = ()
+    broken: tuple[str, ...] = ()
+    size = 0
+    if snapshot.is_dir():
+        entries = [p for p in snapshot.rglob("*") if p.is_symlink() or p.is_file()]
+        files = tuple(sorted(str(p.relative_to(snapshot)) for p in entries if p.exists()))
+        broken = tuple(sorted(str(p.relative_to(snapshot)) for p in entries if not p.exists()))
+        size = sum(p.stat().st_size for p in entries if p.exists())
+    return ModelFiles(
+        config.model,
+        False,
+        True,
+        str(snapshot) if snapshot.is_dir() else None,
+        files,
+        incomplete,
+        broken,
+        size,
+        _shape(snapshot, config.model),
+    )
+
+
+def _shape(folder: Path, model: str) -> dict[str, int]:
+    known = dict(KNOWN_SHAPES.get(model, {}))
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        try:
+            import orjson
+
+            cfg = orjson.loads(config_file.read_bytes())
+            known.update(
+                {
+                    k: int(cfg[c])
+                    for k, c in (
+                        ("hidden", "hidden_size"),
+                        ("layers", "num_hidden_layers"),
+                        ("heads", "num_attention_heads"),
+                    )
+                    if isinstance(cfg.get(c), int)
+                }
+            )
+        except (OSError, ValueError):
+            pass
+    return known
+
+
+def collect_torch() -> TorchInfo:
+    try:
+        import torch
+    except Exception as exc:  # a broken install raises all sorts
+        return TorchInfo(import_error=f"{type(exc).__name__}: {exc}"[:300])
+    gpus: list[GpuInfo] = []
+    cuda_error = None
+    available = False
+    try:
+        available = bool(torch.cuda.is_available())
+        for i in range(torch.cuda.device_count() if available else 0):
+            props = torch.cuda.get_device_properties(i)
+            free, total = torch.cuda.mem_get_info(i)
+            gpus.append(
+                GpuInfo(i, props.name, (props.major, props.minor), int(total), int(free), props.major >= 8)
+            )
+    except Exception as exc:
+        cuda_error = f"{type(exc).__name__}: {exc}"[:300]
+    mps = getattr(torch.backends, "mps", None)
+    return TorchInfo(
+        version=torch.__version__,
+        cuda_build=torch.version.cuda,
+        cuda_available=available,
+        cuda_error=cuda_error,
+        gpus=tuple(gpus),
+        mps_built=bool(mps is not None and mps.is_built()),
+        mps_available=bool(mps is not None and mps.is_available()),
+        threads=torch.get_num_threads(),
+        cpu_capability=_safe(lambda: str(torch.backends.cpu.get_cpu_capability()), ""),
+        cpu_bf16=_safe(lambda: bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), False),
+    )
+
+
+def _safe(read: Any, default: Any) -> Any:
+    try:
+        return read()
+    except Exception:
+        return default
+
+
+def collect_cpu() -> CpuInfo:
+    cores = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    name, raw_flags = platform.processor(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            if key.strip() == "flags":
+                raw_flags = set(value.split())
+                if name:
+                    break
+    except OSError:
+        pass
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        name = name or "Apple silicon"
+    flags = tuple(ours for ours, theirs in CPU_FLAGS.items() if raw_flags & set(theirs))
+    return CpuInfo(name, cores, usable, flags)
+
+
+def nvidia_driver() -> str | None:
+    proc = Path("/proc/driver/nvidia/version")
+    if proc.is_file():
+        try:
+            first = proc.read_text().splitlines()[0]
+            return " ".join(first.split()[:8])
+        except (OSError, IndexError):
+            pass
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                return "driver " + out.stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return None
+
+
+def run_model_check(config: LoaderConfig) -> ModelCheck:
+    from ..engine import score_pairs
+    from ..errors import BgeRerankError
+    from ..loader import load_scorer
+    from ..records import Pair
+
+    try:
+        started = time.perf_counter()
+        scorer = load_scorer(config)
+        load_s = time.perf_counter() - started
+        started = time.perf_counter()
+        score_pairs(scorer, [Pair("what is deep learning?", "Deep learning trains neural networks.")])
+        info: dict[str, Any] = scorer.describe()
+        return ModelCheck(load_s, time.perf_counter() - started, None, info["device"], info["dtype"])
+    except BgeRerankError as exc:
+        return ModelCheck(error=str(exc))
+    except Exception as exc:
+        return ModelCheck(error=f"{type(exc).__name__}: {exc}"[:400])
