@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .config import DEFAULT_MODEL, LoaderConfig
+from .config import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_MAX_CHUNKS,
+    DEFAULT_MODEL,
+    LoaderConfig,
+    LongDocs,
+    ScoreOptions,
+)
 from .engine import Scorer, rank_documents, score_pairs
 from .errors import UsageError
 from .records import Document, Pair, RerankResult, Scored
@@ -22,7 +29,8 @@ class Reranker:
 
     Pass loader options as keywords (``device``, ``dtype``, ``max_length``, ``batch_size``, ``offline``,
     ``cache_dir``, ``revision``, ``trust_remote_code``), a ready :class:`LoaderConfig`, or a ``scorer``
-    of your own that follows :class:`bge_rerank_cli.engine.Scorer`.
+    of your own that follows :class:`bge_rerank_cli.engine.Scorer`. Long passages: ``long_docs="chunk"``
+    (with ``chunk_overlap``, ``max_chunks``) scores them by their best window instead of truncating.
     """
 
     def __init__(
@@ -31,11 +39,15 @@ class Reranker:
         *,
         config: LoaderConfig | None = None,
         scorer: Scorer | None = None,
+        long_docs: LongDocs = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+        max_chunks: int = DEFAULT_MAX_CHUNKS,
         **options: Any,
     ) -> None:
         if config is not None and options:
             raise UsageError("pass either config= or loader options, not both.")
         self.config = config or LoaderConfig(model=model, **options)
+        self.options = ScoreOptions(long_docs, chunk_overlap, max_chunks)
         self._scorer = scorer
 
     @property
@@ -52,7 +64,9 @@ class Reranker:
 
     def score_pairs(self, pairs: Iterable[Pair | tuple[str, str]]) -> list[Scored]:
         """Score arbitrary (query, passage) pairs, in input order."""
-        return score_pairs(self.scorer, [p if isinstance(p, Pair) else Pair(*p) for p in pairs])
+        return score_pairs(
+            self.scorer, [p if isinstance(p, Pair) else Pair(*p) for p in pairs], options=self.options
+        )
 
     def rerank(
         self,
@@ -64,7 +78,7 @@ class Reranker:
     ) -> RerankResult:
         """Rerank documents (strings, or mappings with "text" and other fields) best first."""
         docs = [_document(i, d) for i, d in enumerate(documents)]
-        scores = score_pairs(self.scorer, [Pair(query, d.text) for d in docs])
+        scores = score_pairs(self.scorer, [Pair(query, d.text) for d in docs], options=self.options)
         ranked = rank_documents(docs, scores, top_k=top_k, min_score=min_score)
         return RerankResult(query, ranked, candidates=len(docs))
 

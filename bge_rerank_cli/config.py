@@ -9,7 +9,11 @@ DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
 DEFAULT_MAX_LENGTH = 512
 DEFAULT_BATCH_SIZE = 32
 
+DEFAULT_CHUNK_OVERLAP = 64
+DEFAULT_MAX_CHUNKS = 64
+
 Dtype = Literal["auto", "fp32", "fp16", "bf16"]
+LongDocs = Literal["truncate", "chunk"]
 DTYPES: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -62,3 +66,27 @@ def _valid_device(device: str) -> bool:
         return True
     prefix, _, index = device.partition(":")
     return prefix == "cuda" and index.isdigit()
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How pairs are turned into model inputs, independent of the model.
+
+    ``long_docs="truncate"`` cuts a passage that does not fit; ``"chunk"`` scores it in windows of the
+    room left after the query, overlapping by ``chunk_overlap`` tokens, at most ``max_chunks`` per passage,
+    and keeps the best window's score.
+    """
+
+    long_docs: LongDocs = "truncate"
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP
+    max_chunks: int = DEFAULT_MAX_CHUNKS
+
+    def __post_init__(self) -> None:
+        from .errors import UsageError
+
+        if self.long_docs not in ("truncate", "chunk"):
+            raise UsageError(f"--long-docs must be truncate or chunk, got {self.long_docs!r}.")
+        if self.chunk_overlap < 0:
+            raise UsageError(f"--chunk-overlap must be 0 or more, got {self.chunk_overlap}.")
+        if self.max_chunks < 1:
+            raise UsageError(f"--max-chunks must be at least 1, got {self.max_chunks}.")

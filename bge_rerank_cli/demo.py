@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .config import ScoreOptions
 from .demo_data import DEMO_QUERIES, DemoQuery
 from .engine import Scorer, score_pairs
 from .errors import UsageError
-from .records import Pair
+from .records import Pair, Scored
 
 _LATIN = re.compile(r"[a-z0-9_]+")
 _CJK_RUN = re.compile(r"[\u3400-\u9fff]+")
@@ -44,8 +45,15 @@ class DemoRow:
     bm25_rank: int
     bm25_score: float
     rank: int
-    score: float
-    logit: float
+    scored: Scored
+
+    @property
+    def score(self) -> float:
+        return self.scored.score
+
+    @property
+    def logit(self) -> float:
+        return self.scored.logit
 
     @property
     def change(self) -> int:
@@ -85,18 +93,16 @@ def demo_queries(lang: str) -> list[DemoQuery]:
     return [q for q in DEMO_QUERIES if lang in ("all", q.lang)]
 
 
-def run_query(scorer: Scorer, query: DemoQuery) -> DemoResult:
+def run_query(scorer: Scorer, query: DemoQuery, options: ScoreOptions | None = None) -> DemoResult:
     texts = [p.text for p in query.passages]
     bm25 = bm25_scores(query.query, texts)
     bm25_rank = _ranks(bm25)
     started = time.perf_counter()
-    scored = score_pairs(scorer, [Pair(query.query, t) for t in texts])
+    scored = score_pairs(scorer, [Pair(query.query, t) for t in texts], options=options)
     latency = time.perf_counter() - started
     rerank_rank = _ranks([s.logit for s in scored])
     rows = [
-        DemoRow(
-            p.id, p.text, p.answer, bm25_rank[i], bm25[i], rerank_rank[i], scored[i].score, scored[i].logit
-        )
+        DemoRow(p.id, p.text, p.answer, bm25_rank[i], bm25[i], rerank_rank[i], scored[i])
         for i, p in enumerate(query.passages)
     ]
     return DemoResult(query.lang, query.query, tuple(sorted(rows, key=lambda r: r.rank)), latency)

@@ -25,6 +25,32 @@ class DemoQuery:
 
 P = DemoPassage
 
+# A long operations manual whose answer (how to rotate the billing API keys) sits at the very end,
+# far past the first 512 tokens: truncation cuts it off, window scoring (--long-docs chunk) finds it.
+_MANUAL_SECTIONS = (
+    "Section {n}. The deployment pipeline builds every service from the main branch, runs the unit and "
+    "integration suites, and promotes images from staging to production after a manual approval. "
+    "Dashboards for latency, error rate and saturation are linked from each service's runbook. "
+    "On-call engineers acknowledge pages within five minutes and record every action in the incident channel. "
+)
+LONG_MANUAL = (
+    "Operations handbook for the platform team. "
+    + "".join(_MANUAL_SECTIONS.format(n=n) for n in range(1, 15))
+    + "Section 15. Rotating the billing service API keys: open the secrets console, create a new key for "
+    "billing-api, deploy it with `deployctl rollout billing-api --secret-refresh`, confirm that requests "
+    "succeed with the new key, then revoke the old key. Rotate every ninety days."
+)
+_ZH_SECTION = (
+    "第{n}节：部署流水线从主分支构建每个服务，运行单元测试和集成测试，经人工审批后把镜像从预发环境发布到生产环境。"
+    "每个服务的运维手册都链接了延迟、错误率和饱和度的监控面板。值班工程师需要在五分钟内确认告警，并在事故频道记录每一步操作。"
+)
+LONG_MANUAL_ZH = (
+    "平台团队运维手册。"
+    + "".join(_ZH_SECTION.format(n=n) for n in range(1, 12))
+    + "第12节：轮换计费服务的API密钥：打开密钥控制台，为billing-api创建新密钥，执行deployctl rollout billing-api "
+    "--secret-refresh部署，确认请求使用新密钥成功后吊销旧密钥。每九十天轮换一次。"
+)
+
 DEMO_QUERIES: tuple[DemoQuery, ...] = (
     DemoQuery(
         "zh",
@@ -77,6 +103,18 @@ DEMO_QUERIES: tuple[DemoQuery, ...] = (
         ),
     ),
     DemoQuery(
+        "zh",
+        "如何轮换计费服务的API密钥?",
+        (
+            P("zh-l1", LONG_MANUAL_ZH, True),
+            P(
+                "zh-l2",
+                "计费服务的API密钥很重要：计费服务、API密钥和密钥轮换都是计费服务团队经常讨论的话题。",
+            ),
+            P("zh-l3", "部署流水线从主分支构建服务，并在审批后发布到生产环境。"),
+        ),
+    ),
+    DemoQuery(
         "en",
         "How do I register a software copyright?",
         (
@@ -126,6 +164,19 @@ DEMO_QUERIES: tuple[DemoQuery, ...] = (
                 "en-p5",
                 "Python file or JSON file? How do I read a file in Python, and is a JSON file a Python file? Read on.",
             ),
+        ),
+    ),
+    DemoQuery(
+        "en",
+        "How do I rotate the billing service API keys?",
+        (
+            P("en-l1", LONG_MANUAL, True),
+            P(
+                "en-l2",
+                "Billing service API keys: the billing service team owns the billing API keys, "
+                "and key rotation of the billing service is a common topic.",
+            ),
+            P("en-l3", "The deployment pipeline builds every service and promotes images after approval."),
         ),
     ),
 )

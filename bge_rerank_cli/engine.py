@@ -1,7 +1,8 @@
-"""Batching, de-duplication, sorting and top-k: pure Python over a :class:`Scorer`.
+"""Batching, de-duplication, windows, sorting and top-k: pure Python over a :class:`Scorer`.
 
-The engine never imports torch. A scorer turns pairs into token sequences (``encode``) and token
-sequences into logits (``logits``); the engine decides which sequences go together in a batch.
+The engine never imports torch. A scorer turns pairs into token sequences (``encode`` /
+``encode_windows``) and token sequences into logits (``logits``); the engine decides which sequences
+share a batch, scores each distinct pair once, and puts results back in input order.
 """
 
 from __future__ import annotations
@@ -10,18 +11,25 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from .records import Document, Pair, RankedDocument, RerankItem, RerankResult, Scored, ScoreItem
+from .config import ScoreOptions
+from .records import Chunk, Document, Pair, RankedDocument, RerankItem, RerankResult, Scored, ScoreItem
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """A tokenised pair ready for the model. ``dropped_tokens`` counts passage tokens cut off."""
+    """A tokenised pair ready for the model.
+
+    ``dropped_tokens`` counts passage tokens cut off, ``query_dropped`` query tokens past the query's
+    cap, and ``span`` is the (start, end) character range of the passage a window covers.
+    """
 
     ids: list[int]
     type_ids: list[int] | None = None
     dropped_tokens: int = 0
+    query_dropped: int = 0
+    span: tuple[int, int] | None = None
 
 
 class Scorer(Protocol):
@@ -32,42 +40,94 @@ class Scorer(Protocol):
 
     def encode(self, pairs: Sequence[Pair]) -> list[Encoded]: ...
 
+    def encode_windows(
+        self, pairs: Sequence[Pair], *, overlap: int, max_chunks: int
+    ) -> list[list[Encoded]]: ...
+
     def logits(self, batch: Sequence[Encoded]) -> list[float]: ...
 
 
 ProgressCallback = Callable[[int], None]
 
 
-def score_pairs(
-    scorer: Scorer,
-    pairs: Sequence[Pair],
-    *,
-    batch_size: int | None = None,
-    on_progress: ProgressCallback | None = None,
-) -> list[Scored]:
-    """Score ``pairs`` and return one :class:`Scored` per pair, in input order.
+@dataclass
+class RunStats:
+    """Counters a run accumulates for its end-of-run summary."""
 
-    Identical pairs are scored once. Pairs are sorted by token length so each batch holds
-    sequences of similar length (little padding), then results are put back in input order.
-    """
-    if not pairs:
-        return []
-    size = batch_size or scorer.batch_size
-    unique = list(dict.fromkeys(pairs))
-    encoded = scorer.encode(unique)
-    order = sorted(range(len(unique)), key=lambda i: len(encoded[i].ids), reverse=True)
-    logits: list[float] = [0.0] * len(unique)
+    pairs: int = 0
+    unique_pairs: int = 0
+    sequences: int = 0  # model inputs: pairs, or windows in chunk mode
+    truncated: int = 0
+    chunked: int = 0  # passages split into more than one window
+
+    def add(self, pairs: int, scored: Sequence[Scored], unique: int, sequences: int) -> None:
+        self.pairs += pairs
+        self.unique_pairs += unique
+        self.sequences += sequences
+        self.truncated += sum(1 for s in scored if s.truncated)
+        self.chunked += sum(1 for s in scored if s.best_chunk is not None and s.best_chunk.count > 1)
+
+
+def score_encoded(
+    scorer: Scorer, encoded: Sequence[Encoded], *, on_progress: ProgressCallback | None = None
+) -> list[float]:
+    """Logits for token sequences, in input order. Sequences are batched by similar length."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids), reverse=True)
+    logits: list[float] = [0.0] * len(encoded)
+    size = scorer.batch_size
     for start in range(0, len(order), size):
         batch_idx = order[start : start + size]
         for i, value in zip(batch_idx, scorer.logits([encoded[i] for i in batch_idx]), strict=True):
             logits[i] = value
         if on_progress is not None:
             on_progress(len(batch_idx))
-    by_pair = {
-        pair: Scored(logits[i], encoded[i].dropped_tokens > 0, encoded[i].dropped_tokens)
-        for i, pair in enumerate(unique)
-    }
-    return [by_pair[pair] for pair in pairs]
+    return logits
+
+
+def _scored(enc: Encoded, logit: float, chunk: Chunk | None = None) -> Scored:
+    truncated = enc.dropped_tokens > 0 or enc.query_dropped > 0
+    return Scored(logit, truncated, enc.dropped_tokens, enc.query_dropped, chunk)
+
+
+def score_pairs(
+    scorer: Scorer,
+    pairs: Sequence[Pair],
+    *,
+    options: ScoreOptions | None = None,
+    on_progress: ProgressCallback | None = None,
+    stats: RunStats | None = None,
+) -> list[Scored]:
+    """Score ``pairs`` and return one :class:`Scored` per pair, in input order.
+
+    Identical pairs are scored once. With ``options.long_docs == "chunk"``, a passage too long for one
+    sequence is scored window by window and takes its best window's score (``best_chunk`` says where).
+    """
+    if not pairs:
+        return []
+    options = options or ScoreOptions()
+    unique = list(dict.fromkeys(pairs))
+    if options.long_docs == "chunk":
+        windows = scorer.encode_windows(unique, overlap=options.chunk_overlap, max_chunks=options.max_chunks)
+        flat = [w for per_pair in windows for w in per_pair]
+        logits = score_encoded(scorer, flat, on_progress=on_progress)
+        results, start = [], 0
+        for per_pair in windows:
+            mine = logits[start : start + len(per_pair)]
+            start += len(per_pair)
+            best = max(range(len(mine)), key=lambda i: (mine[i], -i))
+            span = per_pair[best].span or (0, 0)
+            results.append(_scored(per_pair[best], mine[best], Chunk(best, span[0], span[1], len(per_pair))))
+        sequences = len(flat)
+    else:
+        encoded = scorer.encode(unique)
+        logits = score_encoded(scorer, encoded, on_progress=on_progress)
+        results = [_scored(enc, logit) for enc, logit in zip(encoded, logits, strict=True)]
+        sequences = len(encoded)
+    by_pair = dict(zip(unique, results, strict=True))
+    scored = [by_pair[pair] for pair in pairs]
+    if stats is not None:
+        stats.add(len(pairs), scored, len(unique), sequences)
+    return scored
 
 
 def rank_documents(
@@ -110,11 +170,17 @@ def chunk_budget(scorer: Scorer) -> int:
 
 
 def score_stream(
-    scorer: Scorer, items: Iterable[ScoreItem], *, on_progress: ProgressCallback | None = None
+    scorer: Scorer,
+    items: Iterable[ScoreItem],
+    *,
+    options: ScoreOptions | None = None,
+    on_progress: ProgressCallback | None = None,
+    stats: RunStats | None = None,
 ) -> Iterator[list[tuple[ScoreItem, Scored]]]:
     """Score a stream of pairs chunk by chunk; each yielded chunk is complete and in input order."""
     for chunk in chunked(items, lambda _: 1, chunk_budget(scorer)):
-        scores = score_pairs(scorer, [item.pair for item in chunk], on_progress=on_progress)
+        pairs = [item.pair for item in chunk]
+        scores = score_pairs(scorer, pairs, options=options, on_progress=on_progress, stats=stats)
         yield list(zip(chunk, scores, strict=True))
 
 
@@ -124,12 +190,14 @@ def rerank_stream(
     *,
     top_k: int | None = None,
     min_score: float | None = None,
+    options: ScoreOptions | None = None,
     on_progress: ProgressCallback | None = None,
+    stats: RunStats | None = None,
 ) -> Iterator[list[RerankResult]]:
     """Rerank a stream of queries; several small queries share batches; chunks keep input order."""
     for chunk in chunked(items, lambda item: max(1, len(item.documents)), chunk_budget(scorer)):
         pairs = [Pair(item.query, doc.text) for item in chunk for doc in item.documents]
-        scores = score_pairs(scorer, pairs, on_progress=on_progress)
+        scores = score_pairs(scorer, pairs, options=options, on_progress=on_progress, stats=stats)
         results, start = [], 0
         for item in chunk:
             mine = scores[start : start + len(item.documents)]

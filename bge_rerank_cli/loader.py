@@ -105,16 +105,15 @@ class TorchScorer:
                 config.model,
                 self.model_limit,
             )
-        from tokenizers import Tokenizer
+        from .tokenization import PairTokenizer
 
-        # A private copy: the model's tokenizer may carry truncation/padding settings of its own.
-        self._tok = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        self._tok.no_truncation()
-        self._tok.no_padding()
-        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._use_type_ids = "token_type_ids" in tokenizer.model_input_names
-        self._specials = tokenizer.num_special_tokens_to_add(pair=True)
-        self.query_cap = max(1, min(config.query_cap, self.max_length - self._specials - 1))
+        self.pairs = PairTokenizer(
+            tokenizer.backend_tokenizer.to_str(),
+            max_length=self.max_length,
+            query_cap=config.query_cap,
+            pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+            use_type_ids="token_type_ids" in tokenizer.model_input_names,
+        )
 
     @property
     def batch_size(self) -> int:
@@ -123,30 +122,23 @@ class TorchScorer:
     def describe(self) -> dict[str, Any]:
         return {"model": self.config.model, "device": self.device, "dtype": self.dtype, "backend": "torch"}
 
+    @property
+    def query_cap(self) -> int:
+        return self.pairs.query_cap
+
     def encode(self, pairs: Sequence[Pair]) -> list[Encoded]:
-        queries = list(dict.fromkeys(p.query for p in pairs))
-        q_enc = dict(zip(queries, self._tok.encode_batch(queries, add_special_tokens=False), strict=True))
-        p_enc = self._tok.encode_batch([p.passage for p in pairs], add_special_tokens=False)
-        out = []
-        for pair, passage in zip(pairs, p_enc, strict=True):
-            query = q_enc[pair.query]
-            if len(query) > self.query_cap:
-                query = _truncated_copy(query, self.query_cap)
-            room = self.max_length - len(query) - self._specials
-            dropped = max(0, len(passage) - room)
-            if dropped:
-                passage.truncate(room)
-            enc = self._tok.post_process(query, passage, add_special_tokens=True)
-            out.append(Encoded(enc.ids, enc.type_ids if self._use_type_ids else None, dropped))
-        return out
+        return self.pairs.encode(pairs)
+
+    def encode_windows(self, pairs: Sequence[Pair], *, overlap: int, max_chunks: int) -> list[list[Encoded]]:
+        return self.pairs.encode_windows(pairs, overlap=overlap, max_chunks=max_chunks)
 
     def logits(self, batch: Sequence[Encoded]) -> list[float]:
         import torch
 
         width = max(len(e.ids) for e in batch)
-        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+        ids = torch.full((len(batch), width), self.pairs.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
-        types = torch.zeros((len(batch), width), dtype=torch.long) if self._use_type_ids else None
+        types = torch.zeros((len(batch), width), dtype=torch.long) if self.pairs.use_type_ids else None
         for row, enc in enumerate(batch):
             n = len(enc.ids)
             ids[row, :n] = torch.tensor(enc.ids)
@@ -166,15 +158,6 @@ class TorchScorer:
                 hint="Rerun with --dtype fp32.",
             )
         return [float(v) for v in values.tolist()]
-
-
-def _truncated_copy(encoding: Any, length: int) -> Any:
-    # Encoding.truncate works in place; the query encoding is shared between pairs, so copy it.
-    import copy
-
-    clone = copy.deepcopy(encoding)
-    clone.truncate(length)
-    return clone
 
 
 def _model_token_limit(model_config: Any, tokenizer: Any) -> int:

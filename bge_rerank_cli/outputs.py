@@ -15,7 +15,6 @@ import orjson
 from .records import RankedDocument, RerankResult, Scored, ScoreItem
 
 FORMATS = ("auto", "jsonl", "table", "chart", "tsv")
-RESERVED = ("index", "rank", "score", "logit")
 TEXT_WIDTH = 120  # characters of passage text shown in tables
 
 
@@ -27,17 +26,26 @@ def resolve_format(fmt: str, output: IO[Any] | None) -> str:
     return "table" if stream.isatty() else "jsonl"
 
 
-def _merge(record: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+def _merge(theirs: dict[str, Any], ours: dict[str, Any], *, ours_first: bool = False) -> dict[str, Any]:
     """Add our fields to a user record; a user field we would overwrite is kept as ``input_<name>``."""
-    merged = {}
-    for key, value in record.items():
-        merged[f"input_{key}" if key in ours else key] = value
-    merged.update(ours)
-    return merged
+    renamed = {f"input_{key}" if key in ours else key: value for key, value in theirs.items()}
+    return {**ours, **renamed} if ours_first else {**renamed, **ours}
 
 
 def score_fields(scored: Scored) -> dict[str, Any]:
-    return {"score": scored.score, "logit": scored.logit}
+    """The fields every scored item carries (``query_dropped_tokens`` and ``best_chunk`` only when set)."""
+    fields: dict[str, Any] = {
+        "score": scored.score,
+        "logit": scored.logit,
+        "truncated": scored.truncated,
+        "dropped_tokens": scored.dropped_tokens,
+    }
+    if scored.query_dropped_tokens:
+        fields["query_dropped_tokens"] = scored.query_dropped_tokens
+    if scored.best_chunk is not None:
+        c = scored.best_chunk
+        fields["best_chunk"] = {"index": c.index, "start": c.start, "end": c.end, "chunks": c.count}
+    return fields
 
 
 def score_record(item: ScoreItem, scored: Scored) -> dict[str, Any]:
@@ -45,11 +53,8 @@ def score_record(item: ScoreItem, scored: Scored) -> dict[str, Any]:
 
 
 def ranked_record(doc: RankedDocument) -> dict[str, Any]:
-    ours = {"index": doc.index, "rank": doc.rank, "score": doc.score, "logit": doc.logit, "text": doc.text}
-    merged = {**ours}
-    for key, value in doc.fields.items():
-        merged[f"input_{key}" if key in ours else key] = value
-    return merged
+    ours = {"index": doc.index, "rank": doc.rank, **score_fields(doc.scored), "text": doc.text}
+    return _merge(doc.fields, ours, ours_first=True)
 
 
 def rerank_record(result: RerankResult) -> dict[str, Any]:
@@ -92,8 +97,8 @@ class TsvWriter:
         self._stream.flush()
 
 
-SCORE_TSV = ("line", "score", "logit", "query", "passage")
-RERANK_TSV = ("line", "rank", "index", "id", "score", "logit", "text")
+SCORE_TSV = ("line", "score", "logit", "truncated", "query", "passage")
+RERANK_TSV = ("line", "rank", "index", "id", "score", "logit", "truncated", "text")
 
 
 def score_tsv_row(item: ScoreItem, scored: Scored) -> dict[str, Any]:

@@ -22,12 +22,28 @@ class Pair:
 
 
 @dataclass(frozen=True, slots=True)
+class Chunk:
+    """The window of a long passage that scored best: its number, character span, and how many there were."""
+
+    index: int
+    start: int
+    end: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Scored:
-    """The model's verdict on one pair. ``score`` is ``sigmoid(logit)``; both sort identically."""
+    """The model's verdict on one pair. ``score`` is ``sigmoid(logit)``; both sort identically.
+
+    ``truncated`` is true when any token of the pair was cut: ``dropped_tokens`` passage tokens and
+    ``query_dropped_tokens`` query tokens (past the query's cap). ``best_chunk`` is set in chunk mode.
+    """
 
     logit: float
     truncated: bool = False
     dropped_tokens: int = 0
+    query_dropped_tokens: int = 0
+    best_chunk: Chunk | None = None
 
     @property
     def score(self) -> float:

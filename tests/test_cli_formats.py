@@ -30,7 +30,7 @@ def test_score_jsonl_keeps_fields_and_order():
     rows = jsonl(result.stdout)
     assert [r["id"] for r in rows] == list(range(1, 11))
     for row in rows:
-        assert set(row) == {"id", "query", "passage", "score", "logit"}
+        assert set(row) == {"id", "query", "passage", "score", "logit", "truncated", "dropped_tokens"}
         assert 0.0 <= row["score"] <= 1.0
 
 
@@ -48,7 +48,7 @@ def test_rerank_results_shape():
     assert [r["rank"] for r in row["results"]] == [1, 2]
     by_index = {r["index"]: r for r in row["results"]}
     assert by_index[1]["id"] == "x" and by_index[1]["input_score"] == 7 and by_index[1]["text"] == "b"
-    assert list(by_index[0]) == ["index", "rank", "score", "logit", "text"]
+    assert list(by_index[0]) == ["index", "rank", "score", "logit", "truncated", "dropped_tokens", "text"]
     scores = [r["score"] for r in row["results"]]
     assert scores == sorted(scores, reverse=True)
 
@@ -57,8 +57,8 @@ def test_tsv_escapes_tabs_and_newlines():
     line = b'{"query": "q", "passage": "a\\tb\\nc"}\n'
     result = runner.invoke(app, ["score", "--format", "tsv"], input=line)
     header, row = result.stdout.splitlines()
-    assert header.split("\t") == ["line", "score", "logit", "query", "passage"]
-    assert row.split("\t")[4] == "a\\tb\\nc"
+    assert header.split("\t") == ["line", "score", "logit", "truncated", "query", "passage"]
+    assert row.split("\t")[5] == "a\\tb\\nc"
 
 
 @pytest.mark.parametrize("fmt", ["table", "chart"])

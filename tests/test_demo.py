@@ -71,3 +71,15 @@ def test_demo_without_the_model_offline_fails_clearly(tmp_path: Path):
     assert "hf download BAAI/bge-reranker-v2-m3" in err and "bge-rerank doctor" in err
     assert "Traceback" not in err
     assert result.stdout == b""
+
+
+@pytest.mark.parametrize("mode", ["truncate", "chunk"])
+def test_demo_long_manual_is_flagged_or_chunked(tiny_xlmr: Path, mode: str):
+    result = run_cli(["demo", "--model", str(tiny_xlmr), "-f", "jsonl", "--lang", "en", "--long-docs", mode])
+    records = [orjson.loads(line) for line in result.stdout.splitlines()]
+    (long_query,) = [r for r in records if r.get("query", "").startswith("How do I rotate")]
+    manual = next(r for r in long_query["reranked"] if r["id"] == "en-l1")
+    if mode == "truncate":
+        assert manual["truncated"] is True and manual["dropped_tokens"] > 0
+    else:
+        assert manual["best_chunk"]["chunks"] > 1

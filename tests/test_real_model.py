@@ -130,7 +130,8 @@ def test_pipe_stdin_to_stdout_is_pure_jsonl(tiny_xlmr: Path):
     rows = jsonl(result.stdout)
     source = jsonl(data)
     assert [r["id"] for r in rows] == [s["id"] for s in source]
-    assert all(set(r) == set(s) | {"score", "logit"} for r, s in zip(rows, source, strict=True))
+    ours = {"score", "logit", "truncated", "dropped_tokens"}
+    assert all(set(r) == set(s) | ours for r, s in zip(rows, source, strict=True))
 
 
 def test_malformed_line_through_a_real_pipe(tiny_xlmr: Path):

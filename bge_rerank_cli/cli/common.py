@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import LoaderConfig
+from ..config import LoaderConfig, ScoreOptions
+from ..engine import RunStats
 from ..errors import BgeRerankError, ExitCode, UsageError
 from ..outputs import FORMATS, JsonlWriter, TsvWriter, resolve_format
 
@@ -231,8 +232,53 @@ def _text_io(binary: IO[Any]) -> IO[str]:
     return io.TextIOWrapper(binary, encoding="utf-8", write_through=True)
 
 
-def summary(count: int, unit: str, started: float, quiet: bool) -> None:
+def summary(count: int, unit: str, started: float, quiet: bool, stats: RunStats, options: ScoreOptions,
+            max_length: int) -> None:  # fmt: skip
+    """The end-of-run lines on stderr: how much was done, and what was truncated."""
     if quiet:
         return
     elapsed = time.perf_counter() - started
-    say(f"[dim]{count} {unit} in {elapsed:.1f}s[/]")
+    rate = stats.pairs / elapsed if elapsed > 0 else 0.0
+    line = f"{count} {unit}: {stats.pairs} pairs in {elapsed:.1f}s ({rate:.1f} pairs/s)"
+    if stats.unique_pairs < stats.pairs:
+        line += f", {stats.pairs - stats.unique_pairs} duplicates scored once"
+    if stats.chunked:
+        line += f", {stats.chunked} long passages scored in {stats.sequences} windows in all"
+    say(f"[dim]{line}[/]")
+    if stats.truncated:
+        share = stats.truncated / max(stats.pairs, 1)
+        advice = (
+            "raise --max-length or --max-chunks" if options.long_docs == "chunk"
+            else "raise --max-length (bge-reranker-v2-m3 takes up to 8192) or use --long-docs chunk"
+        )  # fmt: skip
+        level = "warning" if share >= 0.05 else "note"
+        say(
+            f"[yellow]{level}:[/] {stats.truncated} of {stats.pairs} pairs ({share:.0%}) did not fit "
+            f"--max-length {max_length} and lost tokens (see truncated/dropped_tokens); {advice}."
+        )
+
+
+StreamFactory = Callable[[Any, Iterable[Any], "Callable[[int], None] | None", RunStats], Iterable[list[T]]]
+
+
+def run_job(
+    config: LoaderConfig,
+    options: ScoreOptions,
+    items: Iterable[Any],
+    *,
+    stream: StreamFactory[T],
+    quiet: bool,
+    unit: str,
+    **emit_args: Any,
+) -> None:
+    """Shared body of score and rerank: check the first record, load the model, stream, summarise."""
+    started = time.perf_counter()
+    first, rest = peek(items)
+    if first is None:
+        say(f"[yellow]warning:[/] no records in the input; nothing to {unit.split()[-1]}.")
+        return
+    scorer = load_model(config, quiet)
+    stats = RunStats()
+    with progress(quiet) as advance:
+        count = emit(stream(scorer, rest, advance, stats), **emit_args)
+    summary(count, unit, started, quiet, stats, options, config.max_length)

@@ -11,10 +11,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MODEL
+from ..config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_MAX_CHUNKS,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_MODEL,
+    ScoreOptions,
+)
 from ..demo import DemoResult, DemoRow, DemoTimings, demo_queries, run_query, timings
 from ..errors import UsageError
-from ..outputs import bar, elide
+from ..outputs import bar, elide, score_fields
 from . import common
 from . import options as opt
 
@@ -31,6 +38,9 @@ def demo(
     cache_dir: opt.CacheDir = None,
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
+    long_docs: opt.LongDocs = "truncate",
+    chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
+    max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
     fmt: Annotated[
         str,
         typer.Option("--format", "-f", help="auto (table on a terminal, JSONL when piped), table or jsonl."),
@@ -39,7 +49,7 @@ def demo(
 ) -> None:
     """Show the keyword trap solved: BM25's order next to the cross-encoder's, with timings.
 
-    For each example query, a keyword retriever (BM25) ranks passages that merely share the query's words high; the reranker reads query and passage together and moves the real answer (marked ✔) up.
+    For each example query, a keyword retriever (BM25) ranks passages that merely share the query's words high; the reranker reads query and passage together and moves the real answer (marked ✔) up. The long-manual examples hide their answer past the first 512 tokens: truncated passages are marked ✂N (tokens lost); with --long-docs chunk the best window is shown (⧉i/n).
     """
     with common.reported_errors():
         if fmt not in ("auto", "table", "jsonl"):
@@ -49,12 +59,13 @@ def demo(
             model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size,
             offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
         )  # fmt: skip
+        options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
         scorer = common.load_model(config, quiet)
         as_json = fmt == "jsonl" or (fmt == "auto" and not sys.stdout.isatty())
         console = Console(highlight=False)
         results = []
         for query in queries:
-            result = run_query(scorer, query)
+            result = run_query(scorer, query, options)
             results.append(result)
             if as_json:
                 _write(_query_record(result))
@@ -77,11 +88,10 @@ def _row_record(row: DemoRow) -> dict[str, Any]:
         "id": row.id,
         "answer": row.answer,
         "rank": row.rank,
-        "score": row.score,
-        "logit": row.logit,
         "bm25_rank": row.bm25_rank,
         "bm25_score": row.bm25_score,
         "change": row.change,
+        **score_fields(row.scored),
         "text": row.text,
     }
 
@@ -115,7 +125,14 @@ def _timings_record(summary: DemoTimings, results: list[DemoResult]) -> dict[str
 
 def _label(row: DemoRow, width: int) -> str:
     mark = "[green]✔[/] " if row.answer else "  "
-    return mark + escape(elide(row.text, width))
+    scored, text = row.scored, row.text
+    if scored.truncated:
+        mark += f"[yellow]✂{scored.dropped_tokens + scored.query_dropped_tokens}[/] "
+    chunk = scored.best_chunk
+    if chunk is not None and chunk.count > 1:
+        mark += f"[cyan]⧉{chunk.index + 1}/{chunk.count}[/] "
+        text = "…" + text[chunk.start : chunk.end]
+    return mark + escape(elide(text, width))
 
 
 def _move(change: int) -> str:
@@ -152,7 +169,7 @@ def _render(result: DemoResult, console: Console) -> None:
 def _render_timings(summary: DemoTimings, results: list[DemoResult], console: Console) -> None:
     record = _timings_record(summary, results)
     console.print(
-        f"[bold]model[/] {escape(summary.model)}  [bold]device[/] {summary.device}  "
+        f"[bold]model[/] {escape(summary.model)}\n[bold]device[/] {summary.device}  "
         f"[bold]precision[/] {summary.dtype}\n"
         f"[bold]load[/] {summary.load_s:.1f} s  [bold]latency[/] {record['latency_ms_mean']:.0f} ms/query "
         f"(max {record['latency_ms_max']:.0f})  [bold]throughput[/] {summary.pairs_per_s:.1f} pairs/s"

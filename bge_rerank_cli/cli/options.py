@@ -116,3 +116,29 @@ Quiet = Annotated[
         rich_help_panel=OUTPUT,
     ),
 ]
+
+LONG = "Long passages"
+
+LongDocs = Annotated[
+    str,
+    typer.Option(
+        envvar="BGE_RERANK_LONG_DOCS",
+        help="truncate: cut passages that do not fit --max-length (flagged in the output). "
+        "chunk: score them in overlapping windows and keep the best window (best_chunk gives its offsets).",
+        rich_help_panel=LONG,
+    ),
+]
+ChunkOverlap = Annotated[
+    int,
+    typer.Option(
+        envvar="BGE_RERANK_CHUNK_OVERLAP", help="Tokens shared by neighbouring windows.", rich_help_panel=LONG
+    ),
+]
+MaxChunks = Annotated[
+    int,
+    typer.Option(
+        envvar="BGE_RERANK_MAX_CHUNKS",
+        help="At most this many windows per passage; the rest is dropped and flagged.",
+        rich_help_panel=LONG,
+    ),
+]

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Annotated
 
 import typer
 
-from ..config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MODEL, LoaderConfig
+from ..config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_MAX_CHUNKS,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_MODEL,
+    LoaderConfig,
+    ScoreOptions,
+)
 from ..engine import rerank_stream
 from ..errors import UsageError
 from ..inputs import inline_rerank_item, open_input, read_docs_file, rerank_items
@@ -47,15 +54,16 @@ def rerank(
     cache_dir: opt.CacheDir = None,
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
+    long_docs: opt.LongDocs = "truncate",
+    chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
+    max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
     fmt: opt.Format = "auto",
     output: opt.Output = None,
     quiet: opt.Quiet = False,
 ) -> None:
     """Rerank each query's candidate documents by relevance.
 
-    Input records hold "query" and "documents" (or candidates, passages, docs); each document is a
-    string or an object with "text" and any other fields, which are kept. Output: the record with
-    "results" = [{"index", "rank", "score", "logit", "text", ...}], best first.
+    Input records hold "query" and "documents" (or candidates, passages, docs); each document is a string or an object with "text" and any other fields, which are kept. Output: the record with "results" = [{"index", "rank", "score", "logit", "truncated", "dropped_tokens", "text", ...}], best first.
 
     \b
     Examples:
@@ -70,6 +78,7 @@ def rerank(
             model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size,
             offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
         )  # fmt: skip
+        options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
         inline = query is not None or doc or docs_file is not None
         if inline:
             if input is not None:
@@ -77,14 +86,15 @@ def rerank(
             if query is None:
                 raise UsageError("--doc and --docs-file need --query.")
             docs = list(doc or []) + (read_docs_file(docs_file) if docs_file else [])
-            _run(config, [inline_rerank_item(query, docs)], fmt, output, quiet, top_k, min_score)
+            _run(config, options, [inline_rerank_item(query, docs)], fmt, output, quiet, top_k, min_score)
             return
         with open_input(input, "rerank") as (stream, source):
-            _run(config, rerank_items(stream, source), fmt, output, quiet, top_k, min_score)
+            _run(config, options, rerank_items(stream, source), fmt, output, quiet, top_k, min_score)
 
 
 def _run(
     config: LoaderConfig,
+    options: ScoreOptions,
     items: Iterable[RerankItem],
     fmt: str,
     output: str | None,
@@ -92,20 +102,19 @@ def _run(
     top_k: int | None,
     min_score: float | None,
 ) -> None:
-    started = time.perf_counter()
-    first, items = common.peek(items)
-    if first is None:
-        common.say("[yellow]warning:[/] no records in the input; nothing to rerank.")
-        return
-    scorer = common.load_model(config, quiet)
-    with common.progress(quiet) as advance:
-        count = common.emit(
-            rerank_stream(scorer, items, top_k=top_k, min_score=min_score, on_progress=advance),
-            fmt=fmt,
-            output=output,
-            to_json=rerank_record,
-            tsv_columns=RERANK_TSV,
-            to_tsv=rerank_tsv_rows,
-            render=render_rerank_tables,
-        )
-    common.summary(count, "queries reranked", started, quiet)
+    common.run_job(
+        config,
+        options,
+        items,
+        stream=lambda scorer, rest, advance, stats: rerank_stream(
+            scorer, rest, top_k=top_k, min_score=min_score, options=options, on_progress=advance, stats=stats
+        ),
+        quiet=quiet,
+        unit="queries reranked",
+        fmt=fmt,
+        output=output,
+        to_json=rerank_record,
+        tsv_columns=RERANK_TSV,
+        to_tsv=rerank_tsv_rows,
+        render=render_rerank_tables,
+    )

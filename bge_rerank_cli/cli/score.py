@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Annotated
 
 import typer
 
-from ..config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MODEL, LoaderConfig
+from ..config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_MAX_CHUNKS,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_MODEL,
+    LoaderConfig,
+    ScoreOptions,
+)
 from ..engine import score_stream
 from ..errors import UsageError
 from ..inputs import inline_score_items, open_input, score_items
@@ -37,14 +44,16 @@ def score(
     cache_dir: opt.CacheDir = None,
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
+    long_docs: opt.LongDocs = "truncate",
+    chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
+    max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
     fmt: opt.Format = "auto",
     output: opt.Output = None,
     quiet: opt.Quiet = False,
 ) -> None:
     """Score (query, passage) pairs.
 
-    Every input record comes back with its fields unchanged plus "score" (sigmoid, 0..1) and
-    "logit" (raw). Passage fields accepted: passage, document, text, doc.
+    Every input record comes back with its fields unchanged plus "score" (sigmoid, 0..1), "logit" (raw), "truncated" and "dropped_tokens" (passage tokens cut by --max-length). Passage fields accepted: passage, document, text, doc.
 
     \b
     Examples:
@@ -58,32 +67,39 @@ def score(
             model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size,
             offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
         )  # fmt: skip
+        options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
         if query is not None or passage:
             if input is not None:
                 raise UsageError("give either an input file or --query/--passage, not both.")
             if query is None or not passage:
                 raise UsageError("inline scoring needs --query and at least one --passage.")
-            _run(config, inline_score_items(query, passage), fmt, output, quiet)
+            _run(config, options, inline_score_items(query, passage), fmt, output, quiet)
             return
         with open_input(input, "score") as (stream, source):
-            _run(config, score_items(stream, source), fmt, output, quiet)
+            _run(config, options, score_items(stream, source), fmt, output, quiet)
 
 
-def _run(config: LoaderConfig, items: Iterable[ScoreItem], fmt: str, output: str | None, quiet: bool) -> None:
-    started = time.perf_counter()
-    first, items = common.peek(items)
-    if first is None:
-        common.say("[yellow]warning:[/] no records in the input; nothing to score.")
-        return
-    scorer = common.load_model(config, quiet)
-    with common.progress(quiet) as advance:
-        count = common.emit(
-            score_stream(scorer, items, on_progress=advance),
-            fmt=fmt,
-            output=output,
-            to_json=lambda row: score_record(*row),
-            tsv_columns=SCORE_TSV,
-            to_tsv=lambda row: [score_tsv_row(*row)],
-            render=render_score_table,
-        )
-    common.summary(count, "pairs scored", started, quiet)
+def _run(
+    config: LoaderConfig,
+    options: ScoreOptions,
+    items: Iterable[ScoreItem],
+    fmt: str,
+    output: str | None,
+    quiet: bool,
+) -> None:
+    common.run_job(
+        config,
+        options,
+        items,
+        stream=lambda scorer, rest, advance, stats: score_stream(
+            scorer, rest, options=options, on_progress=advance, stats=stats
+        ),
+        quiet=quiet,
+        unit="records scored",
+        fmt=fmt,
+        output=output,
+        to_json=lambda row: score_record(*row),
+        tsv_columns=SCORE_TSV,
+        to_tsv=lambda row: [score_tsv_row(*row)],
+        render=render_score_table,
+    )
