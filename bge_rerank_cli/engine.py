@@ -8,7 +8,7 @@ share a batch, scores each distinct pair once, and puts results back in input or
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from .config import ScoreOptions
@@ -50,6 +50,10 @@ class Scorer(Protocol):
 ProgressCallback = Callable[[int], None]
 
 
+class Interrupted(Exception):
+    """Raised between batches when the job was asked to stop; the chunk in progress is abandoned."""
+
+
 @dataclass
 class RunStats:
     """Counters a run accumulates for its end-of-run summary."""
@@ -68,19 +72,37 @@ class RunStats:
         self.chunked += sum(1 for s in scored if s.best_chunk is not None and s.best_chunk.count > 1)
 
 
+@dataclass
+class JobControl:
+    """What a long job hands the engine: counters, a progress callback, and a stop switch."""
+
+    stats: RunStats = field(default_factory=RunStats)
+    on_progress: ProgressCallback | None = None
+    should_stop: Callable[[], bool] | None = None
+
+    def check(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Interrupted
+
+    def advance(self, n: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(n)
+
+
 def score_encoded(
-    scorer: Scorer, encoded: Sequence[Encoded], *, on_progress: ProgressCallback | None = None
+    scorer: Scorer, encoded: Sequence[Encoded], *, control: JobControl | None = None
 ) -> list[float]:
     """Logits for token sequences, in input order. Sequences are batched by similar length."""
+    control = control or JobControl()
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids), reverse=True)
     logits: list[float] = [0.0] * len(encoded)
     size = scorer.batch_size
     for start in range(0, len(order), size):
+        control.check()
         batch_idx = order[start : start + size]
         for i, value in zip(batch_idx, scorer.logits([encoded[i] for i in batch_idx]), strict=True):
             logits[i] = value
-        if on_progress is not None:
-            on_progress(len(batch_idx))
+        control.advance(len(batch_idx))
     return logits
 
 
@@ -94,40 +116,51 @@ def score_pairs(
     pairs: Sequence[Pair],
     *,
     options: ScoreOptions | None = None,
-    on_progress: ProgressCallback | None = None,
-    stats: RunStats | None = None,
+    control: JobControl | None = None,
 ) -> list[Scored]:
     """Score ``pairs`` and return one :class:`Scored` per pair, in input order.
 
     Identical pairs are scored once. With ``options.long_docs == "chunk"``, a passage too long for one
     sequence is scored window by window and takes its best window's score (``best_chunk`` says where).
+    Distinct pairs are tokenised and scored in slices, so one huge query (100,000 candidates) does not
+    hold every token sequence in memory at once.
     """
     if not pairs:
         return []
     options = options or ScoreOptions()
+    control = control or JobControl()
     unique = list(dict.fromkeys(pairs))
-    if options.long_docs == "chunk":
-        windows = scorer.encode_windows(unique, overlap=options.chunk_overlap, max_chunks=options.max_chunks)
-        flat = [w for per_pair in windows for w in per_pair]
-        logits = score_encoded(scorer, flat, on_progress=on_progress)
-        results, start = [], 0
-        for per_pair in windows:
-            mine = logits[start : start + len(per_pair)]
-            start += len(per_pair)
-            best = max(range(len(mine)), key=lambda i: (mine[i], -i))
-            span = per_pair[best].span or (0, 0)
-            results.append(_scored(per_pair[best], mine[best], Chunk(best, span[0], span[1], len(per_pair))))
-        sequences = len(flat)
-    else:
-        encoded = scorer.encode(unique)
-        logits = score_encoded(scorer, encoded, on_progress=on_progress)
-        results = [_scored(enc, logit) for enc, logit in zip(encoded, logits, strict=True)]
-        sequences = len(encoded)
+    results: list[Scored] = []
+    sequences = 0
+    step = chunk_budget(scorer)
+    for start in range(0, len(unique), step):
+        part, used = _score_distinct(scorer, unique[start : start + step], options, control)
+        results.extend(part)
+        sequences += used
     by_pair = dict(zip(unique, results, strict=True))
     scored = [by_pair[pair] for pair in pairs]
-    if stats is not None:
-        stats.add(len(pairs), scored, len(unique), sequences)
+    control.stats.add(len(pairs), scored, len(unique), sequences)
     return scored
+
+
+def _score_distinct(
+    scorer: Scorer, pairs: Sequence[Pair], options: ScoreOptions, control: JobControl
+) -> tuple[list[Scored], int]:
+    if options.long_docs != "chunk":
+        encoded = scorer.encode(pairs)
+        logits = score_encoded(scorer, encoded, control=control)
+        return [_scored(enc, logit) for enc, logit in zip(encoded, logits, strict=True)], len(encoded)
+    windows = scorer.encode_windows(pairs, overlap=options.chunk_overlap, max_chunks=options.max_chunks)
+    flat = [w for per_pair in windows for w in per_pair]
+    logits = score_encoded(scorer, flat, control=control)
+    results, start = [], 0
+    for per_pair in windows:
+        mine = logits[start : start + len(per_pair)]
+        start += len(per_pair)
+        best = max(range(len(mine)), key=lambda i: (mine[i], -i))
+        span = per_pair[best].span or (0, 0)
+        results.append(_scored(per_pair[best], mine[best], Chunk(best, span[0], span[1], len(per_pair))))
+    return results, len(flat)
 
 
 def rank_documents(
@@ -174,13 +207,12 @@ def score_stream(
     items: Iterable[ScoreItem],
     *,
     options: ScoreOptions | None = None,
-    on_progress: ProgressCallback | None = None,
-    stats: RunStats | None = None,
+    control: JobControl | None = None,
 ) -> Iterator[list[tuple[ScoreItem, Scored]]]:
     """Score a stream of pairs chunk by chunk; each yielded chunk is complete and in input order."""
     for chunk in chunked(items, lambda _: 1, chunk_budget(scorer)):
         pairs = [item.pair for item in chunk]
-        scores = score_pairs(scorer, pairs, options=options, on_progress=on_progress, stats=stats)
+        scores = score_pairs(scorer, pairs, options=options, control=control)
         yield list(zip(chunk, scores, strict=True))
 
 
@@ -191,13 +223,12 @@ def rerank_stream(
     top_k: int | None = None,
     min_score: float | None = None,
     options: ScoreOptions | None = None,
-    on_progress: ProgressCallback | None = None,
-    stats: RunStats | None = None,
+    control: JobControl | None = None,
 ) -> Iterator[list[RerankResult]]:
     """Rerank a stream of queries; several small queries share batches; chunks keep input order."""
     for chunk in chunked(items, lambda item: max(1, len(item.documents)), chunk_budget(scorer)):
         pairs = [Pair(item.query, doc.text) for item in chunk for doc in item.documents]
-        scores = score_pairs(scorer, pairs, options=options, on_progress=on_progress, stats=stats)
+        scores = score_pairs(scorer, pairs, options=options, control=control)
         results, start = [], 0
         for item in chunk:
             mine = scores[start : start + len(item.documents)]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import orjson
 
@@ -17,6 +18,7 @@ QUERY_KEY = "query"
 PASSAGE_KEYS = ("passage", "document", "text", "doc")
 DOCUMENTS_KEYS = ("documents", "candidates", "passages", "docs")
 BOM = b"\xef\xbb\xbf"
+T = TypeVar("T")
 
 
 @contextmanager
@@ -37,22 +39,69 @@ def open_input(path: str | None, command: str) -> Iterator[tuple[BinaryIO, str]]
         yield stream, path
 
 
-def read_jsonl(stream: BinaryIO, source: str = "<input>") -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line. Blank lines are skipped."""
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An input line that yields no record: why, and the line as it was read."""
+
+    line: int
+    reason: str
+    raw: bytes
+    blank: bool = False
+
+
+def read_lines(
+    stream: BinaryIO, *, skip_through: int = 0, on_skipped: Callable[[int, bytes], None] | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, bytes)`` without the line end (LF or CRLF) and without a leading UTF-8 BOM.
+
+    Lines up to ``skip_through`` are not returned but handed to ``on_skipped`` (resuming a job).
+    """
     for number, raw in enumerate(stream, start=1):
         if number == 1 and raw.startswith(BOM):
             raw = raw[len(BOM) :]
         line = raw.rstrip(b"\r\n")
+        if number <= skip_through:
+            if on_skipped is not None:
+                on_skipped(number, line)
+            continue
+        yield number, line
+
+
+def parse_object(line: bytes, number: int, source: str) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON ({exc.msg})", source=source, line=number) from None
+    if not isinstance(obj, dict):
+        kind = type(obj).__name__ if obj is not None else "null"
+        raise InputError(f"expected a JSON object, got {kind}", source=source, line=number)
+    return obj
+
+
+def read_jsonl(stream: BinaryIO, source: str = "<input>") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line; raise on the first bad one."""
+    for number, line in read_lines(stream):
+        if line.strip():
+            yield number, parse_object(line, number, source)
+
+
+def records(
+    stream: BinaryIO,
+    source: str,
+    parse: Callable[[dict[str, Any], int, str], T],
+    *,
+    skip_through: int = 0,
+    on_skipped: Callable[[int, bytes], None] | None = None,
+) -> Iterator[T | Rejected]:
+    """Every input line becomes a record or a :class:`Rejected` saying why: nothing is lost silently."""
+    for number, line in read_lines(stream, skip_through=skip_through, on_skipped=on_skipped):
         if not line.strip():
+            yield Rejected(number, "blank line", line, blank=True)
             continue
         try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON ({exc.msg})", source=source, line=number) from None
-        if not isinstance(obj, dict):
-            kind = type(obj).__name__ if obj is not None else "null"
-            raise InputError(f"expected a JSON object, got {kind}", source=source, line=number)
-        yield number, obj
+            yield parse(parse_object(line, number, source), number, source)
+        except InputError as exc:
+            yield Rejected(number, exc.reason, line)
 
 
 def _text(value: Any, what: str, source: str, line: int) -> str:
@@ -88,6 +137,7 @@ def parse_rerank_item(obj: dict[str, Any], line: int, source: str = "<input>") -
     if not docs:
         raise InputError(f'"{key}" is empty: nothing to rerank', source=source, line=line)
     documents = tuple(_document(i, doc, key, source, line) for i, doc in enumerate(docs))
+    _check_unique_ids(documents, key, source, line)
     record = {k: v for k, v in obj.items() if k != key}
     return RerankItem(line, query, documents, record)
 
@@ -107,20 +157,41 @@ def _document(index: int, doc: Any, key: str, source: str, line: int) -> Documen
     )
 
 
+def _check_unique_ids(documents: tuple[Document, ...], key: str, source: str, line: int) -> None:
+    seen: dict[Any, int] = {}
+    for doc in documents:
+        if "id" not in doc.fields:
+            continue
+        ident = doc.fields["id"]
+        marker = orjson.dumps(ident)  # ids may be numbers, strings, even objects
+        if marker in seen:
+            raise InputError(
+                f"duplicate document id {marker.decode()} in {key}[{seen[marker]}] and {key}[{doc.index}]",
+                source=source,
+                line=line,
+            )
+        seen[marker] = doc.index
+
+
 def _query(obj: dict[str, Any], source: str, line: int) -> str:
     if QUERY_KEY not in obj:
         raise InputError(f'missing "{QUERY_KEY}"', source=source, line=line)
     return _text(obj[QUERY_KEY], QUERY_KEY, source, line)
 
 
-def score_items(stream: BinaryIO, source: str) -> Iterator[ScoreItem]:
-    for line, obj in read_jsonl(stream, source):
-        yield parse_score_item(obj, line, source)
+SkipHook = Callable[[int, bytes], None] | None
 
 
-def rerank_items(stream: BinaryIO, source: str) -> Iterator[RerankItem]:
-    for line, obj in read_jsonl(stream, source):
-        yield parse_rerank_item(obj, line, source)
+def score_items(
+    stream: BinaryIO, source: str, *, skip_through: int = 0, on_skipped: SkipHook = None
+) -> Iterator[ScoreItem | Rejected]:
+    return records(stream, source, parse_score_item, skip_through=skip_through, on_skipped=on_skipped)
+
+
+def rerank_items(
+    stream: BinaryIO, source: str, *, skip_through: int = 0, on_skipped: SkipHook = None
+) -> Iterator[RerankItem | Rejected]:
+    return records(stream, source, parse_rerank_item, skip_through=skip_through, on_skipped=on_skipped)
 
 
 def inline_score_items(query: str, passages: Iterable[str]) -> list[ScoreItem]:

@@ -91,11 +91,14 @@ def test_rerank_record_errors(record: dict, message: str):
     assert message in str(info.value)
 
 
-def test_readers_are_lazy():
+def test_readers_are_lazy_and_turn_bad_lines_into_rejections():
     """A bad line far down the stream is only reached when the consumer gets there."""
-    stream = io.BytesIO(b'{"query": "q", "passage": "p"}\nnot json\n')
+    stream = io.BytesIO(b'{"query": "q", "passage": "p"}\nnot json\n\n{"query": "q"}\n')
     items = score_items(stream, "s")
     assert next(items).passage == "p"
-    with pytest.raises(InputError, match="line 2"):
-        next(items)
+    assert stream.tell() < len(stream.getvalue())
+    rest = list(items)
+    assert [(r.line, r.blank) for r in rest] == [(2, False), (3, True), (4, False)]
+    assert rest[0].reason.startswith("invalid JSON") and rest[0].raw == b"not json"
+    assert rest[2].reason.startswith('missing "passage"')
     assert list(rerank_items(io.BytesIO(b""), "s")) == []

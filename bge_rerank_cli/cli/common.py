@@ -6,18 +6,17 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import LoaderConfig, ScoreOptions
-from ..engine import RunStats
+from ..config import LoaderConfig
 from ..errors import BgeRerankError, ExitCode, UsageError
-from ..outputs import FORMATS, JsonlWriter, TsvWriter, resolve_format
+from ..outputs import FORMATS
 
 T = TypeVar("T")
 
@@ -128,20 +127,6 @@ def load_model(config: LoaderConfig, quiet: bool) -> Any:
         return load_scorer(config)
 
 
-def peek(items: Iterable[T]) -> tuple[T | None, Iterator[T]]:
-    """Read the first item (so bad input fails before the model loads) and give back the whole stream."""
-    iterator = iter(items)
-    first = next(iterator, None)
-    if first is None:
-        return None, iter(())
-
-    def chained() -> Iterator[T]:
-        yield first
-        yield from iterator
-
-    return first, chained()
-
-
 @contextmanager
 def progress(quiet: bool, unit: str = "pairs") -> Iterator[Callable[[int], None] | None]:
     """A Rich progress line on stderr (terminal only): pairs scored and rate. Yields an advance callback."""
@@ -171,114 +156,6 @@ def progress(quiet: bool, unit: str = "pairs") -> Iterator[Callable[[int], None]
         yield advance
 
 
-@contextmanager
-def output_stream(path: str | None) -> Iterator[tuple[BinaryIO, IO[Any] | None]]:
-    """Yield (binary stream, text file for Rich or None for stdout)."""
-    if path is None or path == "-":
-        yield sys.stdout.buffer, None
-        return
-    try:
-        handle = open(path, "wb")  # noqa: SIM115  # closed below
-    except OSError as exc:
-        raise UsageError(f"cannot write --output {path}: {exc.strerror}.") from None
-    with handle:
-        yield handle, handle
-
-
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
-
-
-def emit(
-    chunks: Iterable[list[T]],
-    *,
-    fmt: str,
-    output: str | None,
-    to_json: Callable[[T], dict[str, Any]],
-    tsv_columns: tuple[str, ...],
-    to_tsv: Callable[[T], list[dict[str, Any]]],
-    render: Callable[[list[T], Console, bool], None],
-) -> int:
-    """Write results chunk by chunk (flushed after each) in the chosen format; return how many."""
-    count = 0
-    with output_stream(output) as (stream, text_file):
-        fmt = resolve_format(fmt, text_file)
-        if fmt in ("table", "chart"):
-            rows = [row for chunk in chunks for row in chunk]
-            console = (
-                Console(file=_text_io(text_file), highlight=False) if text_file else Console(highlight=False)
-            )
-            render(rows, console, fmt == "chart")
-            return len(rows)
-        writer: JsonlWriter | TsvWriter = (
-            JsonlWriter(stream) if fmt == "jsonl" else TsvWriter(stream, tsv_columns)
-        )
-        for chunk in chunks:
-            for row in chunk:
-                if fmt == "jsonl":
-                    writer.write(to_json(row))
-                else:
-                    for tsv_row in to_tsv(row):
-                        writer.write(tsv_row)
-            writer.flush()
-            count += len(chunk)
-    return count
-
-
-def _text_io(binary: IO[Any]) -> IO[str]:
-    import io
-
-    return io.TextIOWrapper(binary, encoding="utf-8", write_through=True)
-
-
-def summary(count: int, unit: str, started: float, quiet: bool, stats: RunStats, options: ScoreOptions,
-            max_length: int) -> None:  # fmt: skip
-    """The end-of-run lines on stderr: how much was done, and what was truncated."""
-    if quiet:
-        return
-    elapsed = time.perf_counter() - started
-    rate = stats.pairs / elapsed if elapsed > 0 else 0.0
-    line = f"{count} {unit}: {stats.pairs} pairs in {elapsed:.1f}s ({rate:.1f} pairs/s)"
-    if stats.unique_pairs < stats.pairs:
-        line += f", {stats.pairs - stats.unique_pairs} duplicates scored once"
-    if stats.chunked:
-        line += f", {stats.chunked} long passages scored in {stats.sequences} windows in all"
-    say(f"[dim]{line}[/]")
-    if stats.truncated:
-        share = stats.truncated / max(stats.pairs, 1)
-        advice = (
-            "raise --max-length or --max-chunks" if options.long_docs == "chunk"
-            else "raise --max-length (bge-reranker-v2-m3 takes up to 8192) or use --long-docs chunk"
-        )  # fmt: skip
-        level = "warning" if share >= 0.05 else "note"
-        say(
-            f"[yellow]{level}:[/] {stats.truncated} of {stats.pairs} pairs ({share:.0%}) did not fit "
-            f"--max-length {max_length} and lost tokens (see truncated/dropped_tokens); {advice}."
-        )
-
-
-StreamFactory = Callable[[Any, Iterable[Any], "Callable[[int], None] | None", RunStats], Iterable[list[T]]]
-
-
-def run_job(
-    config: LoaderConfig,
-    options: ScoreOptions,
-    items: Iterable[Any],
-    *,
-    stream: StreamFactory[T],
-    quiet: bool,
-    unit: str,
-    **emit_args: Any,
-) -> None:
-    """Shared body of score and rerank: check the first record, load the model, stream, summarise."""
-    started = time.perf_counter()
-    first, rest = peek(items)
-    if first is None:
-        say(f"[yellow]warning:[/] no records in the input; nothing to {unit.split()[-1]}.")
-        return
-    scorer = load_model(config, quiet)
-    stats = RunStats()
-    with progress(quiet) as advance:
-        count = emit(stream(scorer, rest, advance, stats), **emit_args)
-    summary(count, unit, started, quiet, stats, options, config.max_length)

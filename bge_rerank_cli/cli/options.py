@@ -142,3 +142,31 @@ MaxChunks = Annotated[
         rich_help_panel=LONG,
     ),
 ]
+
+JOBS = "Long jobs"
+
+OnError = Annotated[
+    str,
+    typer.Option(
+        envvar="BGE_RERANK_ON_ERROR",
+        help="fail: stop at the first bad input line (exit 3, line number given). "
+        "skip: leave it out, log it to --errors, and go on.",
+        rich_help_panel=JOBS,
+    ),
+]
+ErrorsFile = Annotated[
+    str | None,
+    typer.Option(
+        "--errors",
+        help='Write each rejected input line here as JSONL {"line", "reason", "raw"}.',
+        rich_help_panel=JOBS,
+    ),
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted -o FILE job where its output stops, without redoing or duplicating records.",
+        rich_help_panel=JOBS,
+    ),
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated
 
 import typer
@@ -13,16 +13,16 @@ from ..config import (
     DEFAULT_MAX_CHUNKS,
     DEFAULT_MAX_LENGTH,
     DEFAULT_MODEL,
-    LoaderConfig,
     ScoreOptions,
 )
-from ..engine import rerank_stream
+from ..engine import JobControl, Scorer, rerank_stream
 from ..errors import UsageError
-from ..inputs import inline_rerank_item, open_input, read_docs_file, rerank_items
+from ..inputs import Rejected, SkipHook, inline_rerank_item, open_input, read_docs_file, rerank_items
 from ..outputs import RERANK_TSV, render_rerank_tables, rerank_record, rerank_tsv_rows
-from ..records import RerankItem
+from ..records import RerankItem, RerankResult
 from . import common
 from . import options as opt
+from .job import JobSpec, Rendering, run_job
 
 
 def rerank(
@@ -59,6 +59,9 @@ def rerank(
     max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
     fmt: opt.Format = "auto",
     output: opt.Output = None,
+    on_error: opt.OnError = "fail",
+    errors: opt.ErrorsFile = None,
+    resume: opt.Resume = False,
     quiet: opt.Quiet = False,
 ) -> None:
     """Rerank each query's candidate documents by relevance.
@@ -79,42 +82,44 @@ def rerank(
             offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
         )  # fmt: skip
         options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
-        inline = query is not None or doc or docs_file is not None
-        if inline:
+        spec = JobSpec(fmt, output, errors, on_error, resume, quiet, "queries")  # type: ignore[arg-type]
+        stream = _stream(options, top_k, min_score)
+        if query is not None or doc or docs_file is not None:
             if input is not None:
                 raise UsageError("give either an input file or --query with --doc/--docs-file, not both.")
             if query is None:
                 raise UsageError("--doc and --docs-file need --query.")
             docs = list(doc or []) + (read_docs_file(docs_file) if docs_file else [])
-            _run(config, options, [inline_rerank_item(query, docs)], fmt, output, quiet, top_k, min_score)
+            items = [inline_rerank_item(query, docs)]
+            run_job(
+                config, options, spec, "<arguments>", lambda skip, verify: items[skip:], stream, RENDERING
+            )
             return
-        with open_input(input, "rerank") as (stream, source):
-            _run(config, options, rerank_items(stream, source), fmt, output, quiet, top_k, min_score)
+        with open_input(input, "rerank") as (source_stream, source):
+
+            def records(skip: int, verify: SkipHook) -> Iterable[RerankItem | Rejected]:
+                return rerank_items(source_stream, source, skip_through=skip, on_skipped=verify)
+
+            run_job(config, options, spec, source, records, stream, RENDERING)
 
 
-def _run(
-    config: LoaderConfig,
-    options: ScoreOptions,
-    items: Iterable[RerankItem],
-    fmt: str,
-    output: str | None,
-    quiet: bool,
-    top_k: int | None,
-    min_score: float | None,
-) -> None:
-    common.run_job(
-        config,
-        options,
-        items,
-        stream=lambda scorer, rest, advance, stats: rerank_stream(
-            scorer, rest, top_k=top_k, min_score=min_score, options=options, on_progress=advance, stats=stats
-        ),
-        quiet=quiet,
-        unit="queries reranked",
-        fmt=fmt,
-        output=output,
-        to_json=rerank_record,
-        tsv_columns=RERANK_TSV,
-        to_tsv=rerank_tsv_rows,
-        render=render_rerank_tables,
-    )
+RENDERING: Rendering[RerankResult] = Rendering(
+    to_json=rerank_record,
+    tsv_columns=RERANK_TSV,
+    to_tsv=rerank_tsv_rows,
+    render=render_rerank_tables,
+    line_of=lambda result: result.line,
+)
+
+
+def _stream(
+    options: ScoreOptions, top_k: int | None, min_score: float | None
+) -> Callable[[Scorer, Iterable[RerankItem], JobControl], Iterator[list[RerankResult]]]:
+    def stream(
+        scorer: Scorer, items: Iterable[RerankItem], control: JobControl
+    ) -> Iterator[list[RerankResult]]:
+        return rerank_stream(
+            scorer, items, top_k=top_k, min_score=min_score, options=options, control=control
+        )
+
+    return stream

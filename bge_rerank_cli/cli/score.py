@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated
 
 import typer
@@ -13,16 +13,16 @@ from ..config import (
     DEFAULT_MAX_CHUNKS,
     DEFAULT_MAX_LENGTH,
     DEFAULT_MODEL,
-    LoaderConfig,
     ScoreOptions,
 )
-from ..engine import score_stream
+from ..engine import JobControl, Scorer, score_stream
 from ..errors import UsageError
-from ..inputs import inline_score_items, open_input, score_items
+from ..inputs import Rejected, SkipHook, inline_score_items, open_input, score_items
 from ..outputs import SCORE_TSV, render_score_table, score_record, score_tsv_row
-from ..records import ScoreItem
+from ..records import Scored, ScoreItem
 from . import common
 from . import options as opt
+from .job import JobSpec, Rendering, run_job
 
 
 def score(
@@ -49,6 +49,9 @@ def score(
     max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
     fmt: opt.Format = "auto",
     output: opt.Output = None,
+    on_error: opt.OnError = "fail",
+    errors: opt.ErrorsFile = None,
+    resume: opt.Resume = False,
     quiet: opt.Quiet = False,
 ) -> None:
     """Score (query, passage) pairs.
@@ -68,38 +71,42 @@ def score(
             offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
         )  # fmt: skip
         options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
+        spec = JobSpec(fmt, output, errors, on_error, resume, quiet, "records")  # type: ignore[arg-type]
         if query is not None or passage:
             if input is not None:
                 raise UsageError("give either an input file or --query/--passage, not both.")
             if query is None or not passage:
                 raise UsageError("inline scoring needs --query and at least one --passage.")
-            _run(config, options, inline_score_items(query, passage), fmt, output, quiet)
+            items = inline_score_items(query, passage)
+            run_job(
+                config,
+                options,
+                spec,
+                "<arguments>",
+                lambda skip, verify: items[skip:],
+                _stream(options),
+                RENDERING,
+            )
             return
         with open_input(input, "score") as (stream, source):
-            _run(config, options, score_items(stream, source), fmt, output, quiet)
+
+            def records(skip: int, verify: SkipHook) -> Iterable[ScoreItem | Rejected]:
+                return score_items(stream, source, skip_through=skip, on_skipped=verify)
+
+            run_job(config, options, spec, source, records, _stream(options), RENDERING)
 
 
-def _run(
-    config: LoaderConfig,
+Row = tuple[ScoreItem, Scored]
+RENDERING: Rendering[Row] = Rendering(
+    to_json=lambda row: score_record(*row),
+    tsv_columns=SCORE_TSV,
+    to_tsv=lambda row: [score_tsv_row(*row)],
+    render=render_score_table,
+    line_of=lambda row: row[0].line,
+)
+
+
+def _stream(
     options: ScoreOptions,
-    items: Iterable[ScoreItem],
-    fmt: str,
-    output: str | None,
-    quiet: bool,
-) -> None:
-    common.run_job(
-        config,
-        options,
-        items,
-        stream=lambda scorer, rest, advance, stats: score_stream(
-            scorer, rest, options=options, on_progress=advance, stats=stats
-        ),
-        quiet=quiet,
-        unit="records scored",
-        fmt=fmt,
-        output=output,
-        to_json=lambda row: score_record(*row),
-        tsv_columns=SCORE_TSV,
-        to_tsv=lambda row: [score_tsv_row(*row)],
-        render=render_score_table,
-    )
+) -> Callable[[Scorer, Iterable[ScoreItem], JobControl], Iterator[list[Row]]]:
+    return lambda scorer, items, control: score_stream(scorer, items, options=options, control=control)
