@@ -65,6 +65,7 @@ def build_xlmr(
     max_positions: int = 514,
     initializer_range: float = 0.5,
     seed: int = 0,
+    num_labels: int = 1,
 ) -> Path:
     """A random XLM-RoBERTa sequence classifier (num_labels=1) with a local Unigram tokenizer."""
     import torch
@@ -80,7 +81,7 @@ def build_xlmr(
         num_attention_heads=heads,
         intermediate_size=ffn,
         max_position_embeddings=max_positions,
-        num_labels=1,
+        num_labels=num_labels,
         initializer_range=initializer_range,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=0,

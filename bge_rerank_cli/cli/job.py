@@ -80,9 +80,10 @@ def run_job(
         first = next(items, None)
         if first is None:
             intake.raise_failure()
-            _finish(spec, intake, 0, started, None, options, config)
+            _finish(spec, intake, 0, started, None, options, config, started)
             return
         scorer = common.load_model(config, spec.quiet)
+        scoring_started = time.perf_counter()
         switch = stack.enter_context(StopSwitch().installed())
         progress = stack.enter_context(common.progress(spec.quiet))
         control = JobControl(on_progress=progress, should_stop=switch)
@@ -127,7 +128,7 @@ def run_job(
             if spec.output and fmt == "jsonl":
                 intake.failure.hint = "Fix that line and rerun with --resume, or use --on-error skip."
             raise intake.failure
-        _finish(spec, intake, written, started, control, options, config)
+        _finish(spec, intake, written, started, control, options, config, scoring_started)
         if spec.output:
             Checkpoint.remove(spec.output)
 
@@ -225,6 +226,7 @@ def _finish(
     control: JobControl | None,
     options: ScoreOptions,
     config: LoaderConfig,
+    scoring_started: float,
 ) -> None:
     if spec.quiet:
         return
@@ -241,7 +243,8 @@ def _finish(
     line = ", ".join(parts) + f" in {elapsed:.1f}s"
     stats = control.stats if control else None
     if stats and stats.pairs:
-        line += f"; {stats.pairs} pairs ({stats.pairs / elapsed:.1f}/s)"
+        scoring = max(time.perf_counter() - scoring_started, 1e-9)
+        line += f"; {stats.pairs} pairs scored at {stats.pairs / scoring:.1f}/s"
         if stats.unique_pairs < stats.pairs:
             line += f", {stats.pairs - stats.unique_pairs} duplicates scored once"
         if stats.chunked:
