@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bge_rerank_cli.cli import app, common  # noqa: E402
-from bge_rerank_cli.engine import Encoded  # noqa: E402
-from bge_rerank_cli.records import Pair  # noqa: E402
+from bge_rerank_cli.cli import app, common
+from bge_rerank_cli.engine import Encoded
+from bge_rerank_cli.records import Pair
 
 
 class ArithmeticScorer:

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 VENV="${BGE_RERANK_VENV:-.venv}"
 export HF_HUB_OFFLINE=1
-"$VENV/bin/ruff" check bge_rerank_cli tests tools
-"$VENV/bin/ruff" format --check bge_rerank_cli tests tools
+"$VENV/bin/ruff" check bge_rerank_cli tests tools bench
+"$VENV/bin/ruff" format --check bge_rerank_cli tests tools bench
 "$VENV/bin/mypy"
 "$VENV/bin/python" -m pytest "$@"
