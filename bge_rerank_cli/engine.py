@@ -63,6 +63,8 @@ class RunStats:
     sequences: int = 0  # model inputs: pairs, or windows in chunk mode
     truncated: int = 0
     chunked: int = 0  # passages split into more than one window
+    queries: int = 0  # rerank groups
+    top1_replaced: int = 0  # groups whose best document was not first in the input
 
     def add(self, pairs: int, scored: Sequence[Scored], unique: int, sequences: int) -> None:
         self.pairs += pairs
@@ -226,6 +228,7 @@ def rerank_stream(
     control: JobControl | None = None,
 ) -> Iterator[list[RerankResult]]:
     """Rerank a stream of queries; several small queries share batches; chunks keep input order."""
+    control = control or JobControl()
     for chunk in chunked(items, lambda item: max(1, len(item.documents)), chunk_budget(scorer)):
         pairs = [Pair(item.query, doc.text) for item in chunk for doc in item.documents]
         scores = score_pairs(scorer, pairs, options=options, control=control)
@@ -234,5 +237,9 @@ def rerank_stream(
             mine = scores[start : start + len(item.documents)]
             start += len(item.documents)
             ranked = rank_documents(item.documents, mine, top_k=top_k, min_score=min_score)
+            control.stats.queries += 1
+            control.stats.top1_replaced += (
+                bool(mine) and max(range(len(mine)), key=lambda i: (mine[i].logit, -i)) != 0
+            )
             results.append(RerankResult(item.query, ranked, item.line, item.record, len(item.documents)))
         yield results

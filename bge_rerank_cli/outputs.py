@@ -14,7 +14,7 @@ import orjson
 
 from .records import RankedDocument, RerankResult, Scored, ScoreItem
 
-FORMATS = ("auto", "jsonl", "table", "chart", "tsv")
+FORMATS = ("auto", "jsonl", "table", "chart", "tsv", "trec")
 TEXT_WIDTH = 120  # characters of passage text shown in tables
 
 
@@ -95,6 +95,27 @@ class TsvWriter:
 
     def flush(self) -> None:
         self._stream.flush()
+
+
+class LineWriter:
+    """Plain text lines (TREC runs)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def write(self, line: str) -> None:
+        self._stream.write(line.encode("utf-8") + b"\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def rerank_trec_lines(result: RerankResult) -> list[str]:
+    """``qid Q0 docid rank score tag`` per result; qid from the record (qid/query_id), docid from ``id``."""
+    from .ir import RunEntry, doc_id, query_id, trec_lines
+
+    entries = [RunEntry(doc_id(d.fields, d.index), d.rank, d.logit) for d in result.results]
+    return trec_lines(query_id(result.record, result.line), entries)
 
 
 SCORE_TSV = ("line", "score", "logit", "truncated", "query", "passage")

@@ -9,6 +9,7 @@ import typer
 from .. import __version__
 from .demo import demo
 from .doctor import doctor
+from .eval import eval_
 from .rerank import rerank
 from .score import score
 
@@ -42,6 +43,7 @@ app.command()(score)
 app.command()(rerank)
 app.command()(demo)
 app.command()(doctor)
+app.command(name="eval")(eval_)
 
 
 def main() -> None:

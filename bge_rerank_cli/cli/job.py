@@ -19,7 +19,7 @@ from ..engine import Interrupted, JobControl, Scorer
 from ..errors import UsageError
 from ..inputs import DOCUMENTS_KEYS, parse_object
 from ..jobs import Checkpoint, ErrorLog, Intake, OnError, StopSwitch, last_jsonl_record, truncate_to
-from ..outputs import JsonlWriter, TsvWriter, resolve_format
+from ..outputs import JsonlWriter, LineWriter, TsvWriter, resolve_format
 from . import common
 
 Item = TypeVar("Item")
@@ -36,6 +36,7 @@ class Rendering(Generic[Row]):
     to_tsv: Callable[[Row], list[dict[str, Any]]]
     render: Callable[[list[Row], Console, bool], None]
     line_of: Callable[[Row], int]
+    to_trec: Callable[[Row], list[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def run_job(
         fmt = resolve_format(spec.fmt, text_file)
         if spec.resume and fmt != "jsonl":
             raise UsageError("--resume works with JSONL output (--format jsonl).")
+        if fmt == "trec" and rendering.to_trec is None:
+            raise UsageError("--format trec is for ranked output: use it with `bge-rerank rerank`.")
         errors = ErrorLog(stack.enter_context(_errors_file(spec.errors, append=checkpoint is not None)))
         intake: Intake[Any] = Intake(
             records(checkpoint.last_line if checkpoint else 0, verify),
@@ -102,16 +105,11 @@ def run_job(
                 rendering.render(rows, console, fmt == "chart")
                 written += len(rows)
             else:
-                writer: JsonlWriter | TsvWriter
-                writer = JsonlWriter(out) if fmt == "jsonl" else TsvWriter(out, rendering.tsv_columns)
+                write = _row_writer(fmt, out, rendering)
                 for chunk in chunks:
                     for row in chunk:
-                        if fmt == "jsonl":
-                            writer.write(rendering.to_json(row))
-                        else:
-                            for tsv_row in rendering.to_tsv(row):
-                                writer.write(tsv_row)
-                    writer.flush()
+                        write(row)
+                    out.flush()
                     errors.flush()
                     written += len(chunk)
                     if chunk:
@@ -131,6 +129,33 @@ def run_job(
         _finish(spec, intake, written, started, control, options, config, scoring_started)
         if spec.output:
             Checkpoint.remove(spec.output)
+
+
+def _row_writer(fmt: str, out: BinaryIO, rendering: Rendering[Row]) -> Callable[[Row], None]:
+    """A function writing one result row in ``fmt`` (jsonl, tsv or trec) to ``out``."""
+    if fmt == "jsonl":
+        jsonl = JsonlWriter(out)
+
+        def write_jsonl(row: Row) -> None:
+            jsonl.write(rendering.to_json(row))
+
+        return write_jsonl
+    if fmt == "trec":
+        lines, to_trec = LineWriter(out), rendering.to_trec
+        assert to_trec is not None
+
+        def write_trec(row: Row) -> None:
+            for line in to_trec(row):
+                lines.write(line)
+
+        return write_trec
+    tsv = TsvWriter(out, rendering.tsv_columns)
+
+    def write_tsv(row: Row) -> None:
+        for record in rendering.to_tsv(row):
+            tsv.write(record)
+
+    return write_tsv
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
@@ -250,6 +275,12 @@ def _finish(
         if stats.chunked:
             line += f", {stats.chunked} long passages in {stats.sequences} windows"
     common.say(f"[dim]{line}[/]")
+    if stats and stats.queries:
+        per_query = (time.perf_counter() - scoring_started) / stats.queries * 1000
+        common.say(
+            f"[dim]top-1 replaced in {stats.top1_replaced} of {stats.queries} queries "
+            f"({stats.top1_replaced / stats.queries:.0%}); latency {per_query:.0f} ms/query[/]"
+        )
     if stats and stats.truncated:
         share = stats.truncated / max(stats.pairs, 1)
         advice = (

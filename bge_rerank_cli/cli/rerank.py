@@ -18,7 +18,8 @@ from ..config import (
 from ..engine import JobControl, Scorer, rerank_stream
 from ..errors import UsageError
 from ..inputs import Rejected, SkipHook, inline_rerank_item, open_input, read_docs_file, rerank_items
-from ..outputs import RERANK_TSV, render_rerank_tables, rerank_record, rerank_tsv_rows
+from ..ir import load_candidates
+from ..outputs import RERANK_TSV, render_rerank_tables, rerank_record, rerank_trec_lines, rerank_tsv_rows
 from ..records import RerankItem, RerankResult
 from . import common
 from . import options as opt
@@ -36,6 +37,31 @@ def rerank(
     ] = None,
     docs_file: Annotated[
         str | None, typer.Option("--docs-file", help="Candidates for --query, one passage per line.")
+    ] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            "--run",
+            help="First-stage TREC run (qid Q0 docid rank score tag); needs --corpus and --queries.",
+            rich_help_panel="First stage",
+        ),
+    ] = None,
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help="BEIR corpus.jsonl (_id, title, text) holding the run's documents.",
+            rich_help_panel="First stage",
+        ),
+    ] = None,
+    queries: Annotated[
+        str | None,
+        typer.Option(
+            help="BEIR queries.jsonl (_id, text) or qid<TAB>text lines.", rich_help_panel="First stage"
+        ),
+    ] = None,
+    depth: Annotated[
+        int | None,
+        typer.Option(min=1, help="Keep the first-stage top K per query.", rich_help_panel="First stage"),
     ] = None,
     top_k: Annotated[
         int | None, typer.Option("--top-k", "-k", min=1, help="Keep the best N per query.")
@@ -84,6 +110,14 @@ def rerank(
         options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
         spec = JobSpec(fmt, output, errors, on_error, resume, quiet, "queries")  # type: ignore[arg-type]
         stream = _stream(options, top_k, min_score)
+        if run is not None or corpus is not None or queries is not None:
+            if run is None or corpus is None or queries is None or input is not None or query is not None:
+                raise UsageError("--run needs --corpus and --queries, and no input file or --query.")
+            _, items = load_candidates(run, corpus, queries, depth)
+            run_job(config, options, spec, run, lambda skip, verify: items[skip:], stream, RENDERING)
+            return
+        if depth is not None:
+            raise UsageError("--depth applies to --run input.")
         if query is not None or doc or docs_file is not None:
             if input is not None:
                 raise UsageError("give either an input file or --query with --doc/--docs-file, not both.")
@@ -109,6 +143,7 @@ RENDERING: Rendering[RerankResult] = Rendering(
     to_tsv=rerank_tsv_rows,
     render=render_rerank_tables,
     line_of=lambda result: result.line,
+    to_trec=rerank_trec_lines,
 )
 
 
