@@ -32,6 +32,7 @@ class LoaderConfig:
     max_length: int = DEFAULT_MAX_LENGTH
     query_max_length: int | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    batch_tokens: int | None = None  # padded tokens per forward pass; default batch_size * max_length
     offline: bool = False
     cache_dir: str | None = None
     revision: str | None = None
@@ -50,8 +51,14 @@ class LoaderConfig:
             raise UsageError(
                 f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.",
             )
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise UsageError(f"--batch-tokens must be positive, got {self.batch_tokens}.")
         if self.query_max_length is not None and self.query_max_length < 1:
             raise UsageError(f"query max length must be positive, got {self.query_max_length}.")
+
+    @property
+    def token_budget(self) -> int:
+        return self.batch_tokens or self.batch_size * self.max_length
 
     @property
     def query_cap(self) -> int:

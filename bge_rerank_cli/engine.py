@@ -33,10 +33,16 @@ class Encoded:
 
 
 class Scorer(Protocol):
-    """The seam between the engine and a model backend."""
+    """The seam between the engine and a model backend.
+
+    ``batch_tokens`` is the padded-token budget of one forward pass (pairs x longest sequence).
+    """
 
     @property
     def batch_size(self) -> int: ...
+
+    @property
+    def batch_tokens(self) -> int: ...
 
     def encode(self, pairs: Sequence[Pair]) -> list[Encoded]: ...
 
@@ -54,6 +60,10 @@ class Interrupted(Exception):
     """Raised between batches when the job was asked to stop; the chunk in progress is abandoned."""
 
 
+class BatchTooLarge(Exception):
+    """A scorer raises this when a batch does not fit in (GPU) memory; the engine splits the batch."""
+
+
 @dataclass
 class RunStats:
     """Counters a run accumulates for its end-of-run summary."""
@@ -63,6 +73,7 @@ class RunStats:
     sequences: int = 0  # model inputs: pairs, or windows in chunk mode
     truncated: int = 0
     chunked: int = 0  # passages split into more than one window
+    oom_splits: int = 0  # batches split after running out of memory
     queries: int = 0  # rerank groups
     top1_replaced: int = 0  # groups whose best document was not first in the input
 
@@ -91,20 +102,56 @@ class JobControl:
             self.on_progress(n)
 
 
+def token_batches(indices: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """``indices`` grouped into batches, longest first, each filled up to ``budget`` padded tokens.
+
+    Sorting by length keeps padding low; a token budget instead of a fixed count lets short pairs go
+    in large batches and long ones in small batches. A sequence longer than the budget goes alone.
+    """
+    order = sorted(indices, key=lambda i: lengths[i], reverse=True)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and (len(current) + 1) * lengths[current[0]] > budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def score_encoded(
     scorer: Scorer, encoded: Sequence[Encoded], *, control: JobControl | None = None
 ) -> list[float]:
-    """Logits for token sequences, in input order. Sequences are batched by similar length."""
+    """Logits for token sequences, in input order, batched by :func:`token_batches`.
+
+    A batch the scorer reports as too large (:class:`BatchTooLarge`, e.g. CUDA out of memory) is split
+    in halves and retried; finished batches are kept, and the batches still to come are re-formed under
+    the smaller budget.
+    """
     control = control or JobControl()
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids), reverse=True)
+    lengths = [len(e.ids) for e in encoded]
     logits: list[float] = [0.0] * len(encoded)
-    size = scorer.batch_size
-    for start in range(0, len(order), size):
+    budget = scorer.batch_tokens
+    pending = token_batches(range(len(encoded)), lengths, budget)
+    while pending:
         control.check()
-        batch_idx = order[start : start + size]
-        for i, value in zip(batch_idx, scorer.logits([encoded[i] for i in batch_idx]), strict=True):
+        batch = pending.pop(0)
+        try:
+            values = scorer.logits([encoded[i] for i in batch])
+        except BatchTooLarge:
+            if len(batch) == 1:
+                raise
+            half = len(batch) // 2
+            budget = half * lengths[batch[0]]
+            rest = [i for b in pending for i in b]
+            pending = [batch[:half], batch[half:], *token_batches(rest, lengths, budget)]
+            control.stats.oom_splits += 1
+            continue
+        for i, value in zip(batch, values, strict=True):
             logits[i] = value
-        control.advance(len(batch_idx))
+        control.advance(len(batch))
     return logits
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LoaderConfig
-from .engine import Encoded
+from .engine import BatchTooLarge, Encoded
 from .errors import ModelError
 from .hub import cache_dir, download_command, hub_offline, probe_hub
 from .records import Pair
@@ -93,6 +93,8 @@ class TorchScorer:
         self.dtype = dtype
         self._ce = cross_encoder
         self.load_seconds = 0.0
+        self.fp32_fallbacks = 0
+        self._fp32: Any = None
         transformer = cross_encoder[0]
         self._model = transformer.model
         tokenizer = transformer.tokenizer
@@ -119,6 +121,10 @@ class TorchScorer:
     def batch_size(self) -> int:
         return self.config.batch_size
 
+    @property
+    def batch_tokens(self) -> int:
+        return self.config.batch_tokens or self.config.batch_size * self.max_length
+
     def describe(self) -> dict[str, Any]:
         return {"model": self.config.model, "device": self.device, "dtype": self.dtype, "backend": "torch"}
 
@@ -135,6 +141,32 @@ class TorchScorer:
     def logits(self, batch: Sequence[Encoded]) -> list[float]:
         import torch
 
+        features = self._features(batch)
+        try:
+            values = self._forward(self._model, features)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            raise BatchTooLarge(str(exc)[:200]) from exc
+        if self.dtype != "fp32" and not torch.isfinite(values).all():
+            # fp16/bf16 overflow: never emit it; recompute this batch in fp32.
+            if not self.fp32_fallbacks:
+                log.warning(
+                    "%s overflow gave non-finite scores; recomputing those batches in fp32.", self.dtype
+                )
+            self.fp32_fallbacks += 1
+            values = self._forward(self._fp32_model(), features)
+        if not torch.isfinite(values).all():
+            raise ModelError(
+                "the model produced non-finite scores even in fp32.", hint="Check the model files."
+            )
+        return [float(v) for v in values.tolist()]
+
+    def _features(self, batch: Sequence[Encoded]) -> dict[str, Any]:
+        import torch
+
         width = max(len(e.ids) for e in batch)
         ids = torch.full((len(batch), width), self.pairs.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -148,16 +180,27 @@ class TorchScorer:
         features = {"input_ids": ids, "attention_mask": mask}
         if types is not None:
             features["token_type_ids"] = types
-        features = {k: v.to(self.device) for k, v in features.items()}
+        return {k: v.to(self.device) for k, v in features.items()}
+
+    @staticmethod
+    def _forward(model: Any, features: dict[str, Any]) -> Any:
+        import torch
+
         with torch.inference_mode():
-            out = self._model(**features).logits.float()
-        values = out[:, 0].cpu()
-        if not torch.isfinite(values).all():
-            raise ModelError(
-                f"the model produced non-finite scores in {self.dtype}.",
-                hint="Rerun with --dtype fp32.",
-            )
-        return [float(v) for v in values.tolist()]
+            return model(**features).logits.float()[:, 0].cpu()
+
+    def _fp32_model(self) -> Any:
+        """The same model loaded again in fp32 (from its files, not upcast from half-precision weights)."""
+        if self._fp32 is None:
+            self._fp32 = _load_cross_encoder(self.config, self.device, "fp32")[0].model
+        return self._fp32
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return (
+        "out of memory" in text or "can't allocate memory" in text or type(exc).__name__ == "OutOfMemoryError"
+    )
 
 
 def _model_token_limit(model_config: Any, tokenizer: Any) -> int:

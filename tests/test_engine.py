@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from bge_rerank_cli.engine import chunked, rank_documents, rerank_stream, score_pairs, score_stream
+from bge_rerank_cli.engine import (
+    BatchTooLarge,
+    Encoded,
+    JobControl,
+    chunked,
+    rank_documents,
+    rerank_stream,
+    score_encoded,
+    score_pairs,
+    score_stream,
+    token_batches,
+)
 from bge_rerank_cli.records import Document, Pair, RerankItem, Scored, ScoreItem, sigmoid
 from tests.fakes import FakeScorer
 
@@ -12,17 +23,53 @@ from tests.fakes import FakeScorer
 def test_scores_come_back_in_input_order_whatever_the_batching():
     pairs = [Pair("q", "x" * n) for n in (5, 50, 1, 20, 7, 33, 2)]
     expected = [FakeScorer.logit_of(p) for p in pairs]
-    for batch_size in (1, 2, 3, 100):
-        scorer = FakeScorer(batch_size)
+    for budget in (1, 40, 100, 160, 10_000):
+        scorer = FakeScorer(batch_tokens=budget)
         assert [s.logit for s in score_pairs(scorer, pairs)] == expected
-        assert max(scorer.batches) <= batch_size
+        for count, width in zip(scorer.batches, scorer.widths, strict=True):
+            assert count == 1 or count * width <= budget
+    one_by_one = FakeScorer(batch_tokens=1)
+    score_pairs(one_by_one, pairs)
+    assert one_by_one.batches == [1] * len(pairs)
 
 
-def test_batches_are_sorted_by_length():
-    scorer = FakeScorer(batch_size=2)
-    pairs = [Pair("q", "x" * n) for n in (1, 40, 2, 30)]
+def test_token_budget_batches_are_sorted_and_filled():
+    lengths = [10, 100, 12, 50, 11, 300, 9]
+    batches = token_batches(range(len(lengths)), lengths, budget=120)
+    assert batches == [[5], [1], [3, 2], [4, 0, 6]]  # 300 alone (over budget), then fill up to 120
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+
+
+def test_short_pairs_share_big_batches_long_pairs_small_ones():
+    scorer = FakeScorer(batch_tokens=400)
+    pairs = [Pair("q", "x" * 200) for _ in range(1)] + [Pair("q", "y" * n) for n in range(1, 41)]
     score_pairs(scorer, pairs)
-    assert scorer.batches == [2, 2]  # the two long ones together, then the two short ones
+    assert scorer.batches[0] == 1 and max(scorer.batches) > 4
+
+
+def test_out_of_memory_batches_are_split_and_nothing_is_lost_or_redone():
+    pairs = [Pair("q", "x" * n) for n in range(1, 60)]
+    expected = [FakeScorer.logit_of(p) for p in pairs]
+    scorer = FakeScorer(batch_tokens=2000, fail_above=300)
+    control = JobControl()
+    assert [s.logit for s in score_pairs(scorer, pairs, control=control)] == expected
+    assert control.stats.oom_splits > 0
+    assert sorted(scorer.scored, key=lambda p: p.passage) == sorted(
+        pairs, key=lambda p: p.passage
+    )  # once each
+    assert all(c == 1 or c * w <= 300 for c, w in zip(scorer.batches, scorer.widths, strict=True))
+
+
+def test_a_single_pair_that_does_not_fit_is_an_error():
+    scorer = FakeScorer(batch_tokens=10, fail_above=0)
+    assert score_pairs(scorer, [Pair("q", "a")])  # a lone pair is never refused by the fake
+    with pytest.raises(BatchTooLarge):
+        score_encoded(_Refusing(), [Encoded([1, 2, 3])])
+
+
+class _Refusing(FakeScorer):
+    def logits(self, batch):
+        raise BatchTooLarge("never fits")
 
 
 def test_identical_pairs_are_scored_once():
@@ -63,7 +110,7 @@ def test_chunked_respects_budget():
 
 
 def test_streams_keep_input_order_across_chunks():
-    scorer = FakeScorer(batch_size=1)  # chunk budget = 256 pairs
+    scorer = FakeScorer(batch_size=1, batch_tokens=100)  # chunk budget = 256 pairs
     items = [ScoreItem(i, "q", f"passage {i}") for i in range(600)]
     chunks = list(score_stream(scorer, items))
     assert len(chunks) == 3

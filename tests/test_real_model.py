@@ -252,3 +252,30 @@ def test_an_uncached_model_with_an_unreachable_hub_fails_fast(tmp_path: Path):
     assert result.returncode == 4
     assert "not in the cache" in err and "unreachable" in err and "bge-rerank doctor" in err
     assert "Retrying" not in err
+
+
+def test_half_precision_overflow_is_recomputed_in_fp32(tmp_path: Path):
+    """A model whose logits pass fp16's range (65504): the half-precision batch comes back from fp32."""
+    import torch
+    from transformers import XLMRobertaForSequenceClassification
+
+    from bge_rerank_cli.loader import TorchScorer, _load_cross_encoder
+    from tools.random_model import build_xlmr
+
+    path = build_xlmr(tmp_path / "loud")
+    model = XLMRobertaForSequenceClassification.from_pretrained(path)
+    with torch.no_grad():  # weights stay small enough for fp16; activations do not
+        model.classifier.dense.weight.mul_(60)
+        model.classifier.out_proj.weight.mul_(20000)
+    model.save_pretrained(path)
+    pairs = [Pair("deep learning", "neural network json"), Pair("json", "file")]
+    reference = load_scorer(LoaderConfig(model=str(path), device="cpu"))
+    expected = reference.logits(reference.encode(pairs))
+    assert max(abs(v) for v in expected) > 65504
+    config = LoaderConfig(model=str(path), device="cpu", dtype="fp16")
+    half = TorchScorer(config, _load_cross_encoder(config, "cpu", "fp16"), "cpu", "fp16")
+    with torch.inference_mode():
+        assert not torch.isfinite(half._forward(half._model, half._features(half.encode(pairs)))).all()
+    got = half.logits(half.encode(pairs))
+    assert half.fp32_fallbacks == 1
+    assert got == pytest.approx(expected, rel=1e-5)

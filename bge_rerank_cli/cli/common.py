@@ -92,6 +92,7 @@ def build_config(
     dtype: str,
     max_length: int,
     batch_size: int,
+    batch_tokens: int | None = None,
     offline: bool,
     cache_dir: str | None,
     revision: str | None,
@@ -110,6 +111,7 @@ def build_config(
         dtype=dtype,  # type: ignore[arg-type]  # validated by LoaderConfig
         max_length=max_length,
         batch_size=batch_size,
+        batch_tokens=batch_tokens,
         offline=offline,
         cache_dir=cache_dir,
         revision=revision,

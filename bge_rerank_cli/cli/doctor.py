@@ -34,6 +34,7 @@ def doctor(
     dtype: opt.Dtype = "auto",
     max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
     batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
+    batch_tokens: opt.BatchTokens = None,
     offline: opt.Offline = False,
     cache_dir: opt.CacheDir = None,
     revision: opt.Revision = None,
@@ -53,7 +54,7 @@ def doctor(
         if fmt not in ("auto", "table", "json"):
             raise UsageError(f"--format must be auto, table or json, got {fmt!r}.")
         config = common.build_config(
-            model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size,
+            model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
             offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
         )  # fmt: skip
         if common.err_console.is_terminal:

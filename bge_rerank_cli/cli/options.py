@@ -56,7 +56,22 @@ MaxLength = Annotated[
     ),
 ]
 BatchSize = Annotated[
-    int, typer.Option(envvar="BGE_RERANK_BATCH_SIZE", help="Pairs per forward pass.", rich_help_panel=LOADER)
+    int,
+    typer.Option(
+        envvar="BGE_RERANK_BATCH_SIZE",
+        help="Sets the batch token budget: batch size x --max-length padded tokens per forward pass. "
+        "Pairs are sorted by length, so short pairs share big batches and long pairs small ones.",
+        rich_help_panel=LOADER,
+    ),
+]
+BatchTokens = Annotated[
+    int | None,
+    typer.Option(
+        envvar="BGE_RERANK_BATCH_TOKENS",
+        help="Padded tokens per forward pass, overriding --batch-size x --max-length. "
+        "On CUDA a batch that runs out of memory is split and retried.",
+        rich_help_panel=LOADER,
+    ),
 ]
 Offline = Annotated[
     bool,

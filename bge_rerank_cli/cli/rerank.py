@@ -76,6 +76,7 @@ def rerank(
     dtype: opt.Dtype = "auto",
     max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
     batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
+    batch_tokens: opt.BatchTokens = None,
     offline: opt.Offline = False,
     cache_dir: opt.CacheDir = None,
     revision: opt.Revision = None,
@@ -104,7 +105,7 @@ def rerank(
     with common.reported_errors():
         common.check_format(fmt)
         config = common.build_config(
-            model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size,
+            model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
             offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
         )  # fmt: skip
         options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
