@@ -1,6 +1,6 @@
 """Regenerate sample_data/beir-sample/bm25.run: a BM25 first stage (bm25s) over the sample corpus.
 
-    python -m tools.make_beir_run
+python -m tools.make_beir_run
 """
 
 from __future__ import annotations
