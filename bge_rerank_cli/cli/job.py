@@ -324,3 +324,53 @@ def _errors_file(path: str | None, *, append: bool) -> Iterator[BinaryIO]:
 
 def _text_io(binary: IO[Any]) -> IO[str]:
     return io.TextIOWrapper(binary, encoding="utf-8", write_through=True)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    engine: str
+    address: str | None
+    actors: int
+    gpus_per_actor: float | None
+    cpus_per_actor: float
+
+
+def run_ray_job(
+    kind: str,
+    config: LoaderConfig,
+    options: ScoreOptions,
+    spec: JobSpec,
+    ray: RayOptions,
+    input: str | None,
+    *,
+    top_k: int | None = None,
+    min_score: float | None = None,
+) -> None:
+    """`--engine ray`: the same job on Ray Data, written as JSONL files into the -o directory."""
+    from ..ray_engine import RayJob, run
+
+    if input is None or input == "-":
+        raise UsageError("--engine ray reads files: give an input path, directory, glob or URI (not stdin).")
+    if spec.output is None:
+        raise UsageError("--engine ray writes a directory of JSONL files: give -o DIR.")
+    if spec.resume:
+        raise UsageError("--resume is for the local engine; rerun a Ray job into a fresh -o DIR.")
+    if spec.fmt not in ("auto", "jsonl"):
+        raise UsageError("--engine ray writes JSONL only.")
+    job = RayJob(kind, config, options, spec.on_error, top_k, min_score)  # type: ignore[arg-type]
+    result = run(
+        job,
+        input,
+        spec.output,
+        address=ray.address,
+        actors=ray.actors,
+        gpus_per_actor=ray.gpus_per_actor,
+        cpus_per_actor=ray.cpus_per_actor,
+        progress=not spec.quiet and common.err_console.is_terminal,
+    )
+    if not spec.quiet:
+        skipped = f", {result.rejected} rejected lines in {spec.output}/errors" if result.rejected else ""
+        common.say(
+            f"[dim]ray: wrote {result.written} {spec.unit} to {spec.output}{skipped} in {result.seconds:.1f}s "
+            f"with {result.actors} actor(s), {result.gpus_per_actor:g} GPU each[/]"
+        )

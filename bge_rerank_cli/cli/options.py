@@ -185,3 +185,31 @@ Resume = Annotated[
         rich_help_panel=JOBS,
     ),
 ]
+
+SCALE = "Scale-out (Ray)"
+
+Engine = Annotated[
+    str,
+    typer.Option(
+        envvar="BGE_RERANK_ENGINE",
+        help="local, or ray: run on a Ray cluster with Ray Data (input: files, directories or URIs; -o DIR). "
+        "Needs pip install 'bge-rerank-cli[ray]'.",
+        rich_help_panel=SCALE,
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        envvar="RAY_ADDRESS",
+        help="Ray cluster to join (auto, or ray://host:port); default: start a local Ray.",
+        rich_help_panel=SCALE,
+    ),
+]
+Actors = Annotated[int, typer.Option(min=1, help="Model replicas (Ray actors).", rich_help_panel=SCALE)]
+GpusPerActor = Annotated[
+    float | None,
+    typer.Option(
+        help="GPUs per actor (default: 1 when the cluster has GPUs, else 0).", rich_help_panel=SCALE
+    ),
+]
+CpusPerActor = Annotated[float, typer.Option(help="CPUs per actor.", rich_help_panel=SCALE)]

@@ -23,7 +23,7 @@ from ..outputs import RERANK_TSV, render_rerank_tables, rerank_record, rerank_tr
 from ..records import RerankItem, RerankResult
 from . import common
 from . import options as opt
-from .job import JobSpec, Rendering, run_job
+from .job import JobSpec, RayOptions, Rendering, run_job, run_ray_job
 
 
 def rerank(
@@ -90,6 +90,11 @@ def rerank(
     errors: opt.ErrorsFile = None,
     resume: opt.Resume = False,
     quiet: opt.Quiet = False,
+    engine: opt.Engine = "local",
+    ray_address: opt.RayAddress = None,
+    actors: opt.Actors = 1,
+    gpus_per_actor: opt.GpusPerActor = None,
+    cpus_per_actor: opt.CpusPerActor = 1.0,
 ) -> None:
     """Rerank each query's candidate documents by relevance.
 
@@ -110,6 +115,12 @@ def rerank(
         )  # fmt: skip
         options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
         spec = JobSpec(fmt, output, errors, on_error, resume, quiet, "queries")  # type: ignore[arg-type]
+        if engine not in ("local", "ray"):
+            raise UsageError(f"--engine must be local or ray, got {engine!r}.")
+        if engine == "ray":
+            ray_options = RayOptions(engine, ray_address, actors, gpus_per_actor, cpus_per_actor)
+            run_ray_job("rerank", config, options, spec, ray_options, input, top_k=top_k, min_score=min_score)
+            return
         stream = _stream(options, top_k, min_score)
         if run is not None or corpus is not None or queries is not None:
             if run is None or corpus is None or queries is None or input is not None or query is not None:

@@ -22,7 +22,7 @@ from ..outputs import SCORE_TSV, render_score_table, score_record, score_tsv_row
 from ..records import Scored, ScoreItem
 from . import common
 from . import options as opt
-from .job import JobSpec, Rendering, run_job
+from .job import JobSpec, RayOptions, Rendering, run_job, run_ray_job
 
 
 def score(
@@ -54,6 +54,11 @@ def score(
     errors: opt.ErrorsFile = None,
     resume: opt.Resume = False,
     quiet: opt.Quiet = False,
+    engine: opt.Engine = "local",
+    ray_address: opt.RayAddress = None,
+    actors: opt.Actors = 1,
+    gpus_per_actor: opt.GpusPerActor = None,
+    cpus_per_actor: opt.CpusPerActor = 1.0,
 ) -> None:
     """Score (query, passage) pairs.
 
@@ -73,6 +78,12 @@ def score(
         )  # fmt: skip
         options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
         spec = JobSpec(fmt, output, errors, on_error, resume, quiet, "records")  # type: ignore[arg-type]
+        if engine not in ("local", "ray"):
+            raise UsageError(f"--engine must be local or ray, got {engine!r}.")
+        if engine == "ray":
+            ray_options = RayOptions(engine, ray_address, actors, gpus_per_actor, cpus_per_actor)
+            run_ray_job("score", config, options, spec, ray_options, input)
+            return
         if query is not None or passage:
             if input is not None:
                 raise UsageError("give either an input file or --query/--passage, not both.")
