@@ -86,8 +86,6 @@ class ScoreActor:
             try:
                 item = parse(parse_object(raw_bytes, int(line), str(file)), int(line), str(file))
             except InputError as exc:
-                if self.job.on_error == "fail":
-                    raise
                 rejected.append((str(file), Rejected(int(line), exc.reason, raw_bytes)))
                 continue
             items.append((str(file), item))
@@ -102,7 +100,9 @@ class ScoreActor:
                 "reason": rej.reason,
                 "raw": rej.raw.decode("utf-8", "replace"),
             }
-            out["kind"].append("error")
+            # In fail mode a bad line is fatal: the driver reports the first one and writes nothing.
+            fatal = self.job.on_error == "fail" and not rej.blank
+            out["kind"].append("fatal" if fatal else "error")
             out["json"].append(orjson.dumps(error))
         return out
 
@@ -183,7 +183,10 @@ def run(
         else (1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
     )
     started = time.perf_counter()
-    lines = ray.data.read_binary_files(inputs, include_paths=True).flat_map(split_lines)
+    # Reading and splitting are light and ask for no CPU, so they are never starved by the actors.
+    lines = ray.data.read_binary_files(inputs, include_paths=True, num_cpus=0).flat_map(
+        split_lines, num_cpus=0
+    )
     scored = lines.map_batches(
         ScoreActor,
         fn_constructor_args=(job,),
@@ -192,12 +195,12 @@ def run(
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=gpus,
         num_cpus=cpus_per_actor,
-        max_restarts=0,
     )
     try:
         from ray.data.expressions import col
 
         scored = scored.materialize()
+        _raise_first_fatal(scored.filter(expr=col("kind") == "fatal"))
         records = scored.filter(expr=col("kind") == "record")
         errors = scored.filter(expr=col("kind") == "error")
         written, rejected = records.count(), errors.count()
@@ -212,6 +215,13 @@ def run(
             raise cause from None
         raise
     return RayResult(written, rejected, actors, gpus, time.perf_counter() - started)
+
+
+def _raise_first_fatal(fatal: Any) -> None:
+    rows = [orjson.loads(bytes(row["json"])) for row in fatal.take_all()]
+    if rows:
+        first = min(rows, key=lambda r: (r["file"], r["line"]))
+        raise InputError(first["reason"], source=first["file"], line=first["line"])
 
 
 def _domain_error(exc: BaseException) -> BgeRerankError | None:

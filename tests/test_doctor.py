@@ -222,3 +222,22 @@ def test_doctor_passes_on_a_local_model_with_check_model(tiny_xlmr: Path):
     assert failed == [] and result.returncode == 0
     load = next(c for c in report["checks"] if c["name"] == "model-load")
     assert "one pair scored" in load["finding"]
+
+
+def test_ray_is_reported_with_its_cluster():
+    packages = {**healthy().packages, "ray": "2.60.0"}
+    ok = C.check_optional(healthy(packages=packages))
+    assert ok.status == "ok" and "ray 2.60.0" in ok.finding and "starts a local Ray" in ok.finding
+    down = C.check_optional(
+        healthy(packages=packages, ray_cluster="10.0.0.1:6379 is not reachable (timed out)")
+    )
+    assert down.status == "warn" and "RAY_ADDRESS" in down.fix
+    missing = C.check_optional(healthy())
+    assert "bge-rerank-cli[ray]" in missing.fix
+
+
+def test_probe_ray_against_a_closed_local_port():
+    from bge_rerank_cli.doctor.snapshot import probe_ray
+
+    assert probe_ray(None, 1.0) is None
+    assert "not reachable" in (probe_ray("127.0.0.1:9", 1.0) or "")

@@ -41,23 +41,22 @@ def by_line(records: list[dict]) -> dict[int, dict]:
     return {r.pop("line"): r for r in records if r.pop("file", None) is not None}
 
 
-@pytest.mark.parametrize(("command", "sample"), [("rerank", "rerank.jsonl"), ("score", "mixed_pairs.jsonl")])
-def test_ray_records_equal_the_local_engine(tiny_xlmr: Path, tmp_path: Path, command: str, sample: str):
+@pytest.mark.parametrize(
+    ("command", "sample", "actors"), [("rerank", "rerank.jsonl", "1"), ("score", "mixed_pairs.jsonl", "2")]
+)
+def test_ray_records_equal_the_local_engine(
+    tiny_xlmr: Path, tmp_path: Path, command: str, sample: str, actors: str
+):
     source = SAMPLES / sample
     local = local_records([command, str(source), "-m", str(tiny_xlmr)])
     out = tmp_path / "out"
-    args = [
-        command,
-        "--engine",
-        "ray",
-        "--model",
-        str(tiny_xlmr),
-        "-o",
-        str(out),
-        str(source),
+    args = [command, "--engine", "ray", "--model", str(tiny_xlmr), "-o", str(out), str(source)]
+    args += [
         "--actors",
-        "2",
-    ]
+        actors,
+        "--cpus-per-actor",
+        "0.5",
+    ]  # leave a CPU of the two for Ray Data's read tasks
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     remote = by_line(read_dir(out))

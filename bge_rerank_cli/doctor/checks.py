@@ -400,12 +400,13 @@ def check_cpu(s: Snapshot) -> CheckResult:
 def check_optional(s: Snapshot) -> CheckResult:
     onnx = s.packages.get("onnxruntime") or s.packages.get("onnxruntime-gpu")
     ray = s.packages.get("ray")
-    return CheckResult(
-        "optional-backends",
-        "ok",
-        f"onnxruntime {onnx or 'not installed'}; ray {ray or 'not installed'}.",
-        details={"onnxruntime": onnx, "ray": ray},
-    )
+    cluster = s.ray_cluster or "no RAY_ADDRESS: --engine ray starts a local Ray"
+    finding = f"onnxruntime {onnx or 'not installed'}; ray {ray or 'not installed'} ({cluster})."
+    status: Status = "warn" if s.ray_cluster and "not reachable" in s.ray_cluster else "ok"
+    fix = "Check RAY_ADDRESS and that the cluster's head is up." if status == "warn" else ""
+    if not ray:
+        fix = "For --engine ray: pip install 'bge-rerank-cli[ray]'."
+    return CheckResult("optional-backends", status, finding, fix, details={"onnxruntime": onnx, "ray": ray})
 
 
 def check_model_load(s: Snapshot) -> CheckResult:

@@ -56,6 +56,7 @@ ENV_VARS = (
     "CUDA_VISIBLE_DEVICES",
     "OMP_NUM_THREADS",
     "BGE_RERANK_MODEL",
+    "RAY_ADDRESS",
 )
 CPU_FLAGS = {
     "AVX2": ("avx2",),
@@ -152,6 +153,7 @@ class Snapshot:
     cpu: CpuInfo
     nvidia_driver: str | None = None
     model_check: ModelCheck | None = None
+    ray_cluster: str | None = None  # what a probe of RAY_ADDRESS found; None when unset
 
     @property
     def offline(self) -> bool:
@@ -199,7 +201,24 @@ def collect(
         cpu=collect_cpu(),
         nvidia_driver=nvidia_driver(),
         model_check=run_model_check(config) if check_model else None,
+        ray_cluster=probe_ray(env.get("RAY_ADDRESS"), timeout) if probe_network else None,
     )
+
+
+def probe_ray(address: str | None, timeout: float) -> str | None:
+    """Whether the Ray cluster in RAY_ADDRESS answers on its port, without importing Ray."""
+    import socket
+
+    if not address:
+        return None
+    if address == "auto":
+        return "RAY_ADDRESS=auto: joins the cluster started on this machine with `ray start`"
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return f"{address} is reachable"
+    except (OSError, ValueError) as exc:
+        return f"{address} is not reachable ({exc})"
 
 
 def _version(name: str) -> str | None:
