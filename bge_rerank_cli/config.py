@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
@@ -63,9 +63,6 @@ class LoaderConfig:
     @property
     def query_cap(self) -> int:
         return self.query_max_length or self.max_length * 3 // 4
-
-    def with_(self, **changes: object) -> LoaderConfig:
-        return replace(self, **changes)  # type: ignore[arg-type]
 
 
 def _valid_device(device: str) -> bool:
