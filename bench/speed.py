@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 CACHE = ROOT / "bench" / ".cache"
-ENGINES = ("st-predict-fp32", "ours-torch-fp32", "ours-torch-bf16")
+ENGINES = ("st-predict-fp32", "ours-torch-fp32", "ours-torch-bf16", "ours-onnx-fp32", "ours-onnx-int8")
 REFERENCE = "st-predict-fp32"
 
 
@@ -84,10 +84,14 @@ def worker(engine: str, model: str, pairs_file: str, batch_size: int, max_length
         from bge_rerank_cli.loader import load_scorer
         from bge_rerank_cli.records import Pair
 
-        dtype = engine.rsplit("-", 1)[1]
-        scorer = load_scorer(
-            LoaderConfig(model=model, device="cpu", dtype=dtype, batch_size=batch_size, max_length=max_length)
-        )  # type: ignore[arg-type]
+        _, backend, precision = engine.split("-")
+        dtype = precision if backend == "torch" else "auto"
+        quantize = "int8" if precision == "int8" else "none"
+        config = LoaderConfig(
+            model=model, device="cpu", dtype=dtype, batch_size=batch_size, max_length=max_length,  # type: ignore[arg-type]
+            backend=backend, quantize=quantize,
+        )  # fmt: skip
+        scorer = load_scorer(config)
         items = [Pair(q, p) for q, p in pairs]
         score_pairs(scorer, items[:2])  # warm-up
         started = time.perf_counter()
@@ -187,7 +191,10 @@ def main() -> int:
             ]
             cmd += ["--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
             out = subprocess.run(
-                cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+                cmd,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1", "BGE_RERANK_CACHE": str(CACHE / "exports")},
             )
             if out.returncode != 0:
                 print(out.stderr[-2000:], file=sys.stderr)

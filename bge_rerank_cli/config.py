@@ -37,6 +37,8 @@ class LoaderConfig:
     cache_dir: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
+    backend: str = "torch"  # torch | onnx
+    quantize: str = "none"  # none | int8 (onnx only)
 
     def __post_init__(self) -> None:
         from .errors import UsageError
@@ -51,6 +53,12 @@ class LoaderConfig:
             raise UsageError(
                 f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.",
             )
+        if self.backend not in ("torch", "onnx"):
+            raise UsageError(f"--backend must be torch or onnx, got {self.backend!r}.")
+        if self.quantize not in ("none", "int8"):
+            raise UsageError(f"--quantize must be none or int8, got {self.quantize!r}.")
+        if self.quantize != "none" and self.backend != "onnx":
+            raise UsageError("--quantize int8 needs --backend onnx.")
         if self.batch_tokens is not None and self.batch_tokens < 1:
             raise UsageError(f"--batch-tokens must be positive, got {self.batch_tokens}.")
         if self.query_max_length is not None and self.query_max_length < 1:

@@ -214,9 +214,16 @@ def _model_token_limit(model_config: Any, tokenizer: Any) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def load_scorer(config: LoaderConfig) -> TorchScorer:
+def load_scorer(config: LoaderConfig) -> Any:
     """Load the model ``config`` names (once per process) and return a ready scorer."""
     _quiet_libraries()
+    if config.backend == "onnx":
+        from . import onnx_backend
+
+        started = time.perf_counter()
+        onnx_scorer = onnx_backend.load(config)
+        onnx_scorer.load_seconds = time.perf_counter() - started
+        return onnx_scorer
     if config.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     started = time.perf_counter()

@@ -97,6 +97,8 @@ def build_config(
     cache_dir: str | None,
     revision: str | None,
     trust_remote_code: bool,
+    backend: str = "torch",
+    quantize: str = "none",
 ) -> LoaderConfig:
     if fp16 is not None:
         wanted = "fp16" if fp16 else "fp32"
@@ -116,6 +118,8 @@ def build_config(
         cache_dir=cache_dir,
         revision=revision,
         trust_remote_code=trust_remote_code,
+        backend=backend,
+        quantize=quantize,
     )
 
 

@@ -39,6 +39,8 @@ def doctor(
     cache_dir: opt.CacheDir = None,
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
+    backend: opt.Backend = "torch",
+    quantize: opt.Quantize = "none",
     fmt: Annotated[
         str,
         typer.Option("--format", "-f", help="auto (table on a terminal, JSON when piped), table or json."),
@@ -55,7 +57,7 @@ def doctor(
             raise UsageError(f"--format must be auto, table or json, got {fmt!r}.")
         config = common.build_config(
             model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
-            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
+            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code, backend=backend, quantize=quantize,
         )  # fmt: skip
         if common.err_console.is_terminal:
             with common.err_console.status("checking …", spinner="dots"):

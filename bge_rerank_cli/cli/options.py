@@ -213,3 +213,22 @@ GpusPerActor = Annotated[
     ),
 ]
 CpusPerActor = Annotated[float, typer.Option(help="CPUs per actor.", rich_help_panel=SCALE)]
+
+Backend = Annotated[
+    str,
+    typer.Option(
+        envvar="BGE_RERANK_BACKEND",
+        help="torch, or onnx: export the model once to ONNX (cached under ~/.cache/bge-rerank) and run it with "
+        "onnxruntime, without importing torch. Needs pip install 'bge-rerank-cli[onnx]'.",
+        rich_help_panel=LOADER,
+    ),
+]
+Quantize = Annotated[
+    str,
+    typer.Option(
+        envvar="BGE_RERANK_QUANTIZE",
+        help="none, or int8 (with --backend onnx): dynamic int8 weights, faster on CPUs; an explicit opt-in, "
+        "since scores shift (measure on your data: bge-rerank eval).",
+        rich_help_panel=LOADER,
+    ),
+]

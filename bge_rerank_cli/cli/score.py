@@ -45,6 +45,8 @@ def score(
     cache_dir: opt.CacheDir = None,
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
+    backend: opt.Backend = "torch",
+    quantize: opt.Quantize = "none",
     long_docs: opt.LongDocs = "truncate",
     chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
@@ -74,7 +76,7 @@ def score(
         common.check_format(fmt)
         config = common.build_config(
             model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
-            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
+            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code, backend=backend, quantize=quantize,
         )  # fmt: skip
         options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
         spec = JobSpec(fmt, output, errors, on_error, resume, quiet, "records")  # type: ignore[arg-type]

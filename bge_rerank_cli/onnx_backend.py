@@ -1,0 +1,226 @@
+"""The ONNX Runtime backend: export once per model (torch, dynamo exporter), then score without torch.
+
+Exports live in a cache of our own, keyed by model, revision and options, never inside the Hugging
+Face snapshot folders: ``$BGE_RERANK_CACHE`` or ``~/.cache/bge-rerank/onnx/<key>/`` holds
+``model.onnx`` with one external-data file, ``tokenizer.json`` and ``meta.json``. With ``--quantize
+int8`` the weights are quantised by onnxruntime's ``quantize_dynamic``. A cache hit imports only
+onnxruntime, numpy and tokenizers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .config import LoaderConfig
+from .engine import Encoded
+from .errors import ModelError, UsageError
+from .records import Pair
+from .tokenization import PairTokenizer
+
+log = logging.getLogger("bge_rerank_cli")
+INSTALL_HINT = "pip install 'bge-rerank-cli[onnx]'"
+FORMAT_VERSION = 1
+
+
+def cache_root() -> Path:
+    base = os.environ.get("BGE_RERANK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bge-rerank"
+    )
+    return Path(base) / "onnx"
+
+
+def export_dir(config: LoaderConfig) -> Path:
+    model = (
+        str(Path(config.model).expanduser().resolve())
+        if Path(config.model).expanduser().is_dir()
+        else config.model
+    )
+    key = orjson.dumps(
+        {"v": FORMAT_VERSION, "model": model, "revision": config.revision, "quantize": config.quantize},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    name = config.model.rstrip("/").replace("/", "--")[-60:]
+    return cache_root() / f"{name}-{config.quantize}-{hashlib.sha256(key).hexdigest()[:16]}"
+
+
+class OnnxScorer:
+    """Tokenises with ``tokenizers`` and runs the exported graph with onnxruntime."""
+
+    def __init__(self, config: LoaderConfig, folder: Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UsageError(f"--backend onnx needs onnxruntime: {INSTALL_HINT}") from None
+        meta = orjson.loads((folder / "meta.json").read_bytes())
+        self.config = config
+        self.device = "cpu"
+        self.dtype = "int8" if config.quantize == "int8" else "fp32"
+        self.load_seconds = 0.0
+        self.model_limit = int(meta["model_limit"])
+        self.max_length = min(config.max_length, self.model_limit)
+        self.pairs = PairTokenizer(
+            (folder / "tokenizer.json").read_text(encoding="utf-8"),
+            max_length=self.max_length,
+            query_cap=config.query_cap,
+            pad_id=int(meta["pad_id"]),
+            use_type_ids=bool(meta["use_type_ids"]),
+        )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        self._inputs = {i.name for i in self._session.get_inputs()}
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.config.batch_tokens or self.config.batch_size * self.max_length
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.config.model, "device": "cpu", "dtype": self.dtype, "backend": "onnx"}
+
+    def encode(self, pairs: Sequence[Pair]) -> list[Encoded]:
+        return self.pairs.encode(pairs)
+
+    def encode_windows(self, pairs: Sequence[Pair], *, overlap: int, max_chunks: int) -> list[list[Encoded]]:
+        return self.pairs.encode_windows(pairs, overlap=overlap, max_chunks=max_chunks)
+
+    def logits(self, batch: Sequence[Encoded]) -> list[float]:
+        import numpy as np
+
+        width = max(len(e.ids) for e in batch)
+        ids = np.full((len(batch), width), self.pairs.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, enc in enumerate(batch):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            types = np.zeros_like(ids)
+            for row, enc in enumerate(batch):
+                if enc.type_ids is not None:
+                    types[row, : len(enc.type_ids)] = enc.type_ids
+            feeds["token_type_ids"] = types
+        (out,) = self._session.run(["logits"], feeds)
+        values = out[:, 0].astype("float64")
+        if not np.isfinite(values).all():
+            raise ModelError("the ONNX model produced non-finite scores.", hint="Rerun with --backend torch.")
+        return [float(v) for v in values]
+
+
+def load(config: LoaderConfig) -> OnnxScorer:
+    """The cached export if there is one (no torch), else export it first (needs torch once)."""
+    folder = export_dir(config)
+    if not (folder / "meta.json").is_file():
+        export(config, folder)
+    return OnnxScorer(config, folder)
+
+
+def export(config: LoaderConfig, folder: Path) -> None:
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--backend onnx needs onnx and onnxruntime: {INSTALL_HINT}") from None
+    import torch
+
+    from .loader import _load_cross_encoder, _model_token_limit
+
+    log.warning("exporting %s to ONNX once (cached in %s); this can take a minute.", config.model, folder)
+    ce = _load_cross_encoder(config, "cpu", "fp32")
+    transformer = ce[0]
+    model, tokenizer = transformer.model, transformer.tokenizer
+    use_types = "token_type_ids" in tokenizer.model_input_names
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if use_types else [])
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    class TypedLogits(Logits):
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:  # type: ignore[override]
+            return self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).logits
+
+    ids = torch.full((2, 16), 5, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    sample = (ids, mask, torch.zeros_like(ids)) if use_types else (ids, mask)
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    raw = tmp / "raw.onnx"
+    with contextlib.redirect_stdout(sys.stderr):  # the exporter prints progress; stdout is for data
+        _export(torch, (TypedLogits if use_types else Logits)(model.eval()), sample, raw, names, dynamic)
+    _finish_export(onnx, config, tmp, raw)
+    (tmp / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
+    meta = {
+        "model": config.model,
+        "revision": config.revision,
+        "quantize": config.quantize,
+        "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        "use_type_ids": use_types,
+        "model_limit": _model_token_limit(model.config, tokenizer),
+        "version": FORMAT_VERSION,
+    }
+    (tmp / "meta.json").write_bytes(orjson.dumps(meta))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def _export(
+    torch: Any, module: Any, sample: Any, raw: Path, names: list[str], dynamic: dict[str, Any]
+) -> None:
+    torch.onnx.export(
+        module,
+        sample,
+        str(raw),
+        input_names=names,
+        output_names=["logits"],
+        dynamic_axes={**dynamic, "logits": {0: "batch"}},
+        opset_version=18,
+        dynamo=True,
+    )
+
+
+def _finish_export(onnx: Any, config: LoaderConfig, tmp: Path, raw: Path) -> None:
+    """One ``model.onnx`` plus one external-data file (int8-quantised when asked)."""
+    proto = onnx.load(str(raw))
+    _save(onnx, proto, tmp / "model.onnx")
+    for extra in tmp.glob("raw.onnx*"):
+        extra.unlink()
+    if config.quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "int8.onnx"), weight_type=QuantType.QInt8,
+                         use_external_data_format=True)  # fmt: skip
+        for old in tmp.glob("model.onnx*"):
+            old.unlink()
+        _save(onnx, onnx.load(str(tmp / "int8.onnx")), tmp / "model.onnx")
+        for leftover in tmp.glob("int8.onnx*"):
+            leftover.unlink()
+
+
+def _save(onnx: Any, proto: Any, path: Path) -> None:
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)  # fmt: skip
