@@ -28,8 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 CACHE = ROOT / "bench" / ".cache"
-ENGINES = ("st-predict-fp32", "ours-torch-fp32", "ours-torch-bf16", "ours-onnx-fp32", "ours-onnx-int8")
-REFERENCE = "st-predict-fp32"
+ENGINES = ("st-predict-fp32", "flag-fp32", "ours-torch-fp32", "ours-onnx-fp32", "ours-onnx-int8")
+GPU_ENGINES = ("st-predict-fp16", "flag-fp16", "ours-torch-fp32", "ours-torch-fp16", "ours-torch-bf16")
+REFERENCE = "st-predict-fp32"  # fp32 torch, the scores every other engine is compared with
+PEERS = {"st": "st-predict", "flag": "flag"}
+FLAG_VENV = CACHE / "flag-venv"
+FLAG_REQUIREMENTS = ["FlagEmbedding==1.4.2", "transformers<=5.23"]  # FlagEmbedding breaks on 5.24
 
 
 def model_dir(quick: bool) -> Path:
@@ -62,33 +66,49 @@ def workload(pairs: int, seed: int = 7) -> list[tuple[str, str]]:
     return out
 
 
-def worker(engine: str, model: str, pairs_file: str, batch_size: int, max_length: int) -> dict[str, object]:
+def worker(
+    engine: str, model: str, pairs_file: str, batch_size: int, max_length: int, device: str
+) -> dict[str, object]:
     pairs = [tuple(p) for p in json.loads(Path(pairs_file).read_text())]
     os.environ["HF_HUB_OFFLINE"] = "1"
+    precision = engine.rsplit("-", 1)[1]
     if engine.startswith("st-"):
         import torch
         from sentence_transformers import CrossEncoder
 
-        ce = CrossEncoder(model, device="cpu", max_length=max_length)
+        kwargs = {"torch_dtype": torch.float16} if precision == "fp16" else {}
+        ce = CrossEncoder(model, device=device, max_length=max_length, model_kwargs=kwargs)
         ce.predict(pairs[:2], batch_size=batch_size, show_progress_bar=False)  # warm-up
         started = time.perf_counter()
         scores = ce.predict(
             pairs, batch_size=batch_size, show_progress_bar=False, activation_fn=torch.nn.Sigmoid()
         )
+        _sync(device)
         elapsed = time.perf_counter() - started
         scores = [float(s) for s in scores]
-        padding = _st_padding(ce, pairs, batch_size, max_length)
+        padding = _sorted_padding(model, pairs, batch_size, max_length, by_chars=True)
+    elif engine.startswith("flag-"):
+        from FlagEmbedding import FlagReranker
+
+        reranker = FlagReranker(model, use_fp16=precision == "fp16", devices=[device], batch_size=batch_size)
+        reranker.compute_score(pairs[:2], max_length=max_length)  # warm-up
+        started = time.perf_counter()
+        scores = reranker.compute_score(pairs, batch_size=batch_size, max_length=max_length, normalize=True)
+        _sync(device)
+        elapsed = time.perf_counter() - started
+        scores = [float(s) for s in scores]
+        padding = _sorted_padding(model, pairs, batch_size, max_length, by_chars=False)
     else:
         from bge_rerank_cli.config import LoaderConfig
         from bge_rerank_cli.engine import JobControl, score_pairs, token_batches
         from bge_rerank_cli.loader import load_scorer
         from bge_rerank_cli.records import Pair
 
-        _, backend, precision = engine.split("-")
+        backend = engine.split("-")[1]
         dtype = precision if backend == "torch" else "auto"
         quantize = "int8" if precision == "int8" else "none"
         config = LoaderConfig(
-            model=model, device="cpu", dtype=dtype, batch_size=batch_size, max_length=max_length,  # type: ignore[arg-type]
+            model=model, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length,  # type: ignore[arg-type]
             backend=backend, quantize=quantize,
         )  # fmt: skip
         scorer = load_scorer(config)
@@ -96,14 +116,20 @@ def worker(engine: str, model: str, pairs_file: str, batch_size: int, max_length
         score_pairs(scorer, items[:2])  # warm-up
         started = time.perf_counter()
         result = score_pairs(scorer, items, control=JobControl())
+        _sync(device)
         elapsed = time.perf_counter() - started
         scores = [r.score for r in result]
         unique = list(dict.fromkeys(items))
         lengths = [len(e.ids) for e in scorer.encode(unique)]
-        batches = token_batches(range(len(lengths)), lengths, scorer.batch_tokens)
+        batches = token_batches(range(len(lengths)), lengths, scorer.batch_tokens, scorer.fill_tokens)
         padded = sum(len(b) * lengths[b[0]] for b in batches)
         padding = 1 - sum(lengths) / padded
     tokens = _real_tokens(model, pairs, max_length)
+    peak_gpu = None
+    if device.startswith("cuda"):
+        import torch
+
+        peak_gpu = torch.cuda.max_memory_allocated() / 2**20
     return {
         "engine": engine,
         "seconds": elapsed,
@@ -111,8 +137,16 @@ def worker(engine: str, model: str, pairs_file: str, batch_size: int, max_length
         "tokens": tokens,
         "padding": padding,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": peak_gpu,
         "scores": scores,
     }
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def _real_tokens(model: str, pairs: list[tuple[str, str]], max_length: int) -> int:
@@ -122,13 +156,17 @@ def _real_tokens(model: str, pairs: list[tuple[str, str]], max_length: int) -> i
     return sum(len(tok(q, p, truncation=True, max_length=max_length)["input_ids"]) for q, p in pairs)
 
 
-def _st_padding(ce: object, pairs: list[tuple[str, str]], batch_size: int, max_length: int) -> float:
-    """sentence-transformers sorts by text length and batches a fixed count: its padded share."""
+def _sorted_padding(
+    model: str, pairs: list[tuple[str, str]], batch_size: int, max_length: int, *, by_chars: bool
+) -> float:
+    """The padded share of a peer that sorts by length (characters for sentence-transformers, tokens
+    for FlagEmbedding) and batches a fixed count."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(ce.model.name_or_path)  # type: ignore[attr-defined]
+    tok = AutoTokenizer.from_pretrained(model)
     lengths = [len(tok(q, p, truncation=True, max_length=max_length)["input_ids"]) for q, p in pairs]
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    key = (lambda i: -(len(pairs[i][0]) + len(pairs[i][1]))) if by_chars else (lambda i: -lengths[i])
+    order = sorted(range(len(pairs)), key=key)
     padded = sum(
         len(order[s : s + batch_size]) * max(lengths[i] for i in order[s : s + batch_size])
         for s in range(0, len(order), batch_size)
@@ -136,7 +174,7 @@ def _st_padding(ce: object, pairs: list[tuple[str, str]], batch_size: int, max_l
     return 1 - sum(lengths) / padded
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
     cpu = platform.processor() or "CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -149,87 +187,177 @@ def machine() -> str:
 
     cap = torch.backends.cpu.get_cpu_capability()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, torch {torch.__version__} ({cap} kernels), {platform.python_version()}"
+    gpu = (
+        f", {torch.cuda.get_device_name(0)}"
+        if device.startswith("cuda") and torch.cuda.is_available()
+        else ""
+    )
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM{gpu}, torch {torch.__version__} ({cap} kernels), "
+        f"Python {platform.python_version()}"
+    )
+
+
+def flag_python(rebuild: bool = False) -> tuple[str | None, str]:
+    """The Python of FlagEmbedding's own virtual environment, created on first use (it needs
+    transformers <= 5.23, this project 5.24+). Returns (python, "") or (None, why not)."""
+    python = FLAG_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import FlagEmbedding, transformers; print(transformers.__version__)"]
+    if python.is_file() and not rebuild and subprocess.run(probe, capture_output=True).returncode == 0:
+        return str(python), ""
+    print(f"creating {FLAG_VENV} for FlagEmbedding (once; a few minutes) ...", file=sys.stderr)
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(FLAG_VENV)],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "torch==2.13.0",
+        ],  # the CPU build, before anything pulls CUDA
+        [str(python), "-m", "pip", "install", "-q", *FLAG_REQUIREMENTS],
+    ]
+    for step in steps:
+        out = subprocess.run(step, capture_output=True, text=True)
+        if out.returncode != 0:
+            return None, f"`{' '.join(step[2:])}` failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}"
+    if subprocess.run(probe, capture_output=True).returncode != 0:
+        return None, "FlagEmbedding does not import in its venv"
+    return str(python), ""
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--pairs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="Scaled-down architecture (< 2 minutes).")
+    parser.add_argument("--pairs", type=int, default=None, help="Workload size (default 48 quick, 64 full).")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="Every engine's batch size (their default)."
+    )
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="Interleaved rounds; best of (default 2 quick, 1 full)."
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda.")
+    parser.add_argument("--engines", default=None, help="Comma-separated; default: the CPU or GPU set.")
+    parser.add_argument("--no-flag", action="store_true", help="Skip FlagEmbedding (no venv built).")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="Also write the results (with every score) to this JSON file.")
     parser.add_argument("--no-write", action="store_true", help="Do not rewrite docs/benchmarks.md.")
     args = parser.parse_args()
+    if args.worker == "prepare":  # export once, outside the measured processes (its RAM is not theirs)
+        from bge_rerank_cli.config import LoaderConfig
+        from bge_rerank_cli.onnx_backend import load
+
+        for quantize in args.pairs_file.split(","):
+            load(
+                LoaderConfig(model=args.model, backend="onnx", quantize=quantize, max_length=args.max_length)
+            )  # type: ignore[arg-type]
+        return 0
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.pairs_file, args.batch_size, args.max_length)))
+        result = worker(
+            args.worker, args.model, args.pairs_file, args.batch_size, args.max_length, args.device
+        )
+        print(json.dumps(result))
         return 0
     n = args.pairs or (48 if args.quick else 64)
+    rounds = args.rounds or (2 if args.quick else 1)
     model = model_dir(args.quick)
     CACHE.mkdir(parents=True, exist_ok=True)
     pairs_file = CACHE / f"workload-{n}.json"
     pairs_file.write_text(json.dumps(workload(n)))
-    engines = args.engines.split(",")
+    default = GPU_ENGINES if args.device.startswith("cuda") else ENGINES
+    engines = (args.engines or ",".join(default)).split(",")
+    skipped: dict[str, str] = {}
+    pythons = {e: sys.executable for e in engines}
+    if any(e.startswith("flag-") for e in engines):
+        flag, why = (None, "--no-flag") if args.no_flag else flag_python()
+        for e in [e for e in engines if e.startswith("flag-")]:
+            if flag is None:
+                skipped[e] = why
+                engines.remove(e)
+            else:
+                pythons[e] = flag
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BGE_RERANK_CACHE": str(CACHE / "exports")}
+    exports = [("int8" if e.endswith("int8") else "none") for e in engines if e.startswith("ours-onnx-")]
+    if exports:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "prepare",
+            "--model",
+            str(model),
+            "--pairs-file",
+            ",".join(exports),
+        ]
+        subprocess.run([*cmd, "--max-length", str(args.max_length)], env=env, check=True)
     runs: dict[str, list[dict]] = {e: [] for e in engines}
-    for _ in range(args.rounds):
-        for engine in engines:  # interleaved: one run of each engine per round
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                engine,
-                "--model",
-                str(model),
-                "--pairs-file",
-                str(pairs_file),
-            ]
-            cmd += ["--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
-            out = subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                env={**os.environ, "HF_HUB_OFFLINE": "1", "BGE_RERANK_CACHE": str(CACHE / "exports")},
-            )
+    for _ in range(rounds):
+        for engine in engines:  # interleaved: one run of each engine per round, each a fresh process
+            cmd = [pythons[engine], __file__, "--worker", engine, "--model", str(model)]
+            cmd += ["--pairs-file", str(pairs_file), "--batch-size", str(args.batch_size)]
+            cmd += ["--max-length", str(args.max_length), "--device", args.device]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
-                print(out.stderr[-2000:], file=sys.stderr)
-                return 1
+                skipped[engine] = (out.stderr.strip().splitlines() or ["failed"])[-1][:200]
+                print(f"{engine} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+                continue
             runs[engine].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    best = {e: min(r, key=lambda x: x["seconds"]) for e, r in runs.items()}
-    ref = best.get(REFERENCE)
-    rows = []
+    best = {e: min(r, key=lambda x: x["seconds"]) for e, r in runs.items() if r}
+    report = render(best, skipped, args, n, rounds)
+    print(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"report": report, "runs": runs}, indent=1))
+    if not args.no_write:
+        mode = ("quick" if args.quick else "full") + ("-gpu" if args.device.startswith("cuda") else "")
+        _write_doc(mode, report, " ".join(sys.argv[1:]))
+    return 0
+
+
+def render(
+    best: dict[str, dict], skipped: dict[str, str], args: argparse.Namespace, n: int, rounds: int
+) -> str:
+    """A markdown table: speed, padding, memory, ratios to each peer, and the score deviation."""
+    ref = best.get(REFERENCE) or next((r for e, r in best.items() if e.startswith("st-")), None)
+    peers = {
+        name: max((r for e, r in best.items() if e.startswith(prefix)), key=lambda r: r["pairs"] / r["seconds"], default=None)
+        for name, prefix in PEERS.items()
+    }  # fmt: skip
+    peer_names = {name: peer["engine"] for name, peer in peers.items() if peer}
+    cols = "".join(f" × {peer_names[p]} |" for p in peer_names)
+    lines = [
+        f"| engine | pairs/s | tokens/s | padding | peak RSS MB | peak GPU MB |{cols} max abs Δscore vs {ref['engine'] if ref else '-'} |",
+        "|---|---|---|---|---|---|" + "---|" * len(peer_names) + "---|",
+    ]
     for engine, r in best.items():
         rate = r["pairs"] / r["seconds"]
-        ratio = rate / (ref["pairs"] / ref["seconds"]) if ref else float("nan")
+        ratios = "".join(
+            f" {rate / (peers[p]['pairs'] / peers[p]['seconds']):.2f} |"
+            for p in peer_names  # type: ignore[index]
+        )
         delta = (
             max(abs(a - b) for a, b in zip(r["scores"], ref["scores"], strict=True)) if ref else float("nan")
         )
-        rows.append((engine, rate, r["tokens"] / r["seconds"], r["padding"], r["peak_rss_mb"], ratio, delta))
+        gpu = "-" if r.get("peak_gpu_mb") is None else f"{r['peak_gpu_mb']:.0f}"
+        lines.append(
+            f"| {engine} | {rate:.2f} | {r['tokens'] / r['seconds']:.0f} | {r['padding']:.0%} | "
+            f"{r['peak_rss_mb']:.0f} | {gpu} |{ratios} {delta:.2e} |"
+        )
+    for engine, why in skipped.items():
+        lines.append(f"| {engine} | not run: {why} |" + " |" * (5 + len(peer_names)))
     shape = (
         "scaled-down XLM-R (4 layers, hidden 256)" if args.quick else "bge-reranker-v2-m3 architecture (568M)"
     )
     header = (
-        f"{shape}, random weights; {n} mixed-length pairs, batch size {args.batch_size}, max length "
-        f"{args.max_length}, best of {args.rounds} interleaved round(s)\n{machine()}"
+        f"{shape}, random weights; {n} mixed-length pairs (~10% repeated), batch size {args.batch_size}, "
+        f"max length {args.max_length}, device {args.device}, best of {rounds} interleaved round(s)\n{machine(args.device)}"
     )
-    table = [
-        "| engine | pairs/s | tokens/s | padding | peak RSS MB | × ST fp32 | max abs Δscore |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    table += [
-        f"| {e} | {p:.2f} | {t:.0f} | {pad:.0%} | {rss:.0f} | {x:.2f} | {d:.2e} |"
-        for e, p, t, pad, rss, x, d in rows
-    ]
-    report = header + "\n\n" + "\n".join(table)
-    print(report)
-    if not args.no_write:
-        _write_doc(("quick" if args.quick else "full"), report, " ".join(sys.argv[1:]))
-    return 0
+    return header + "\n\n" + "\n".join(lines)
 
 
 def _write_doc(mode: str, report: str, argv: str) -> None:

@@ -29,6 +29,8 @@ class ArithmeticScorer:
     """Logit from text lengths: costs nothing, so memory and I/O are all that is left to measure."""
 
     batch_size = 32
+    batch_tokens = 32 * 512
+    fill_tokens = 512
 
     def encode(self, pairs: Sequence[Pair]) -> list[Encoded]:
         return [Encoded([len(p.query), len(p.passage)]) for p in pairs]

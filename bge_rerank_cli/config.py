@@ -102,3 +102,25 @@ class ScoreOptions:
             raise UsageError(f"--chunk-overlap must be 0 or more, got {self.chunk_overlap}.")
         if self.max_chunks < 1:
             raise UsageError(f"--max-chunks must be at least 1, got {self.max_chunks}.")
+
+
+def cpu_threads() -> int:
+    """Compute threads for CPU inference: ``OMP_NUM_THREADS`` if set, else the CPUs this process may use
+    (its affinity mask, capped by a cgroup CPU quota), never the host's total inside a container."""
+    import os
+
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import LoaderConfig
-from .engine import BatchTooLarge, Encoded
+from .config import LoaderConfig, cpu_threads
+from .engine import CPU_FILL_TOKENS, BatchTooLarge, Encoded
 from .errors import ModelError
 from .hub import cache_dir, download_command, hub_offline, probe_hub
 from .records import Pair
@@ -125,6 +125,10 @@ class TorchScorer:
     def batch_tokens(self) -> int:
         return self.config.batch_tokens or self.config.batch_size * self.max_length
 
+    @property
+    def fill_tokens(self) -> int:
+        return self.batch_tokens // 4 if self.device.startswith("cuda") else CPU_FILL_TOKENS
+
     def describe(self) -> dict[str, Any]:
         return {"model": self.config.model, "device": self.device, "dtype": self.dtype, "backend": "torch"}
 
@@ -229,6 +233,12 @@ def load_scorer(config: LoaderConfig) -> Any:
     started = time.perf_counter()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    if device == "cpu":
+        import torch
+
+        threads = cpu_threads()
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
     cross_encoder = _load_cross_encoder(config, device, dtype)
     scorer = TorchScorer(config, cross_encoder, device, dtype)
     scorer.load_seconds = time.perf_counter() - started

@@ -13,10 +13,15 @@ class FakeScorer:
     """Logit = a stable hash of the pair mapped to [-4, 4); token ids are the UTF-8 bytes of the text."""
 
     def __init__(
-        self, batch_size: int = 4, batch_tokens: int | None = None, fail_above: int | None = None
+        self,
+        batch_size: int = 4,
+        batch_tokens: int | None = None,
+        fail_above: int | None = None,
+        fill_tokens: int | None = None,
     ) -> None:
         self._batch_size = batch_size
         self._batch_tokens = batch_tokens or batch_size * 100
+        self._fill_tokens = fill_tokens or self._batch_tokens
         self.fail_above = fail_above  # pretend to run out of memory above this many padded tokens
         self.encoded: list[Pair] = []
         self.batches: list[int] = []
@@ -31,6 +36,10 @@ class FakeScorer:
     @property
     def batch_tokens(self) -> int:
         return self._batch_tokens
+
+    @property
+    def fill_tokens(self) -> int:
+        return self._fill_tokens
 
     def encode_windows(self, pairs: Sequence[Pair], *, overlap: int, max_chunks: int) -> list[list[Encoded]]:
         return [[e] for e in self.encode(pairs)]

@@ -40,6 +40,28 @@ def test_token_budget_batches_are_sorted_and_filled():
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
 
 
+def test_a_filled_batch_closes_before_a_much_shorter_sequence():
+    lengths = [100, 98, 95, 60, 59, 58, 10]
+    # No fill limit: one batch of 7 x 100 padded tokens (450 of them padding).
+    assert token_batches(range(7), lengths, budget=10_000) == [[0, 1, 2, 3, 4, 5, 6]]
+    # Past 150 real tokens a batch stops before a sequence under 7/8 of its longest.
+    assert token_batches(range(7), lengths, budget=10_000, fill=150) == [[0, 1, 2], [3, 4, 5], [6]]
+    # Under the fill mark, shorter sequences still join (a nearly empty batch wastes more).
+    assert token_batches(range(7), lengths, budget=10_000, fill=1_000) == [[0, 1, 2, 3, 4, 5, 6]]
+
+
+def test_fill_batching_keeps_scores_and_order():
+    pairs = [Pair("q", "x" * n) for n in (300, 5, 290, 40, 41, 7, 120, 300)]
+    expected = [FakeScorer.logit_of(p) for p in pairs]
+    scorer = FakeScorer(batch_tokens=5000, fill_tokens=200)
+    assert [s.logit for s in score_pairs(scorer, pairs)] == expected
+    assert len(scorer.batches) > 1
+    padding = sum(c * w for c, w in zip(scorer.batches, scorer.widths, strict=True))
+    unfilled = FakeScorer(batch_tokens=5000)
+    score_pairs(unfilled, pairs)
+    assert padding < sum(c * w for c, w in zip(unfilled.batches, unfilled.widths, strict=True))
+
+
 def test_short_pairs_share_big_batches_long_pairs_small_ones():
     scorer = FakeScorer(batch_tokens=400)
     pairs = [Pair("q", "x" * 200) for _ in range(1)] + [Pair("q", "y" * n) for n in range(1, 41)]

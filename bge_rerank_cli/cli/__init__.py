@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
+from .bench import bench
 from .demo import demo
 from .doctor import doctor
 from .eval import eval_
@@ -44,6 +45,7 @@ app.command()(rerank)
 app.command()(demo)
 app.command()(doctor)
 app.command(name="eval")(eval_)
+app.command()(bench)
 
 
 def main() -> None:

@@ -1,0 +1,243 @@
+"""`bge-rerank bench`: throughput, latency and peak memory of each precision and backend, measured.
+
+Each setup (``torch-fp32``, ``onnx-int8``, ...) runs in a fresh child process, so its peak memory is
+its own and one setup's warm caches do not flatter the next. A child loads the model, warms up on the
+first request, then measures two things on the same requests: a batch job (every pair in one call, as
+``bge-rerank score`` runs them) for pairs/s and tokens/s, and each request on its own (one query and
+its candidates, as a service would see them) for latency p50/p95. Scores are compared with the first
+setup's, so the accuracy a faster setup costs is measured on the same pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .config import LoaderConfig
+from .errors import ModelError, UsageError
+from .records import Pair
+
+SETUPS: tuple[str, ...] = ("torch-fp32", "torch-fp16", "torch-bf16", "onnx-fp32", "onnx-int8")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One query and its candidates: the unit of latency."""
+
+    query: str
+    passages: tuple[str, ...]
+
+    def pairs(self) -> list[Pair]:
+        return [Pair(self.query, p) for p in self.passages]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one setup measured (``error`` set instead when it could not run here)."""
+
+    setup: str
+    pairs: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    pairs_per_s: float = 0.0
+    tokens_per_s: float = 0.0
+    latency_p50_ms: float = 0.0
+    latency_p95_ms: float = 0.0
+    peak_rss_mb: float = 0.0
+    peak_gpu_mb: float | None = None
+    load_s: float = 0.0
+    device: str = ""
+    max_abs_delta: float | None = None  # sigmoid scores against the first setup
+    error: str | None = None
+    scores: tuple[float, ...] = ()
+
+
+def setup_config(base: LoaderConfig, setup: str) -> LoaderConfig:
+    """``base`` with the backend, precision and quantisation that ``setup`` names."""
+    if setup not in SETUPS:
+        raise UsageError(f"unknown setup {setup!r}; choose from {', '.join(SETUPS)}.")
+    backend, precision = setup.split("-")
+    if backend == "onnx":
+        return replace(base, backend="onnx", dtype="auto", quantize="int8" if precision == "int8" else "none")
+    return replace(base, backend="torch", dtype=precision, quantize="none")  # type: ignore[arg-type]
+
+
+def default_setups(device: str) -> list[str]:
+    """The setups worth measuring on ``device`` with what is installed."""
+    import importlib.util
+
+    if device.startswith("cuda"):
+        return ["torch-fp32", "torch-fp16", "torch-bf16"]
+    setups = ["torch-fp32"]
+    if cpu_has_bf16():
+        setups.append("torch-bf16")
+    if importlib.util.find_spec("onnxruntime") is not None:
+        setups += ["onnx-fp32", "onnx-int8"]
+    return setups
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); emulated bf16 is slower."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def demo_requests() -> list[Request]:
+    """The demo's queries with their candidates: mixed languages and lengths, one long manual."""
+    from .demo_data import DEMO_QUERIES
+
+    return [Request(q.query, tuple(p.text for p in q.passages)) for q in DEMO_QUERIES]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    from .config import cpu_threads
+
+    return f"{cpu}, {cpu_threads()} CPU threads, Python {platform.python_version()}"
+
+
+def run_setups(
+    base: LoaderConfig, setups: Sequence[str], requests: Sequence[Request], *, timeout: float | None = None
+) -> list[Measurement]:
+    """Measure each setup in its own child process; the first one is the accuracy reference."""
+    results: list[Measurement] = []
+    for setup in setups:
+        config = setup_config(base, setup)
+        job = {"config": asdict(config), "setup": setup, "requests": [asdict(r) for r in requests]}
+        try:
+            out = subprocess.run(
+                [sys.executable, "-m", "bge_rerank_cli.benchmark"],
+                input=json.dumps(job),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            results.append(Measurement(setup, error=f"timed out after {timeout:.0f} s"))
+            continue
+        lines = out.stdout.strip().splitlines()
+        if out.returncode != 0 or not lines:
+            reason = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            results.append(Measurement(setup, error=reason[:300]))
+            continue
+        data = json.loads(lines[-1])
+        data["scores"] = tuple(data["scores"])
+        results.append(Measurement(**data))
+    return with_deltas(results)
+
+
+def with_deltas(results: Sequence[Measurement]) -> list[Measurement]:
+    """Max |Δ sigmoid score| of each setup against the first one that ran."""
+    ref = next((r for r in results if r.error is None), None)
+    if ref is None:
+        return list(results)
+    return [
+        r
+        if r.error is not None
+        else replace(r, max_abs_delta=max((abs(a - b) for a, b in zip(r.scores, ref.scores, strict=True)), default=0.0))
+        for r in results
+    ]  # fmt: skip
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100), linear between closest ranks."""
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))]
+
+
+def measure(config: LoaderConfig, setup: str, requests: Sequence[Request]) -> Measurement:
+    """Run in the child: load, warm up, time the batch job and each request, read peak memory."""
+    from .engine import JobControl, score_pairs
+    from .loader import load_scorer
+
+    scorer = load_scorer(config)
+    device = getattr(scorer, "device", "cpu")
+    cuda = device.startswith("cuda")
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    pairs = [pair for r in requests for pair in r.pairs()]
+    score_pairs(scorer, requests[0].pairs())  # warm-up: first-call allocations and kernel choice
+    _sync(cuda)
+    started = time.perf_counter()
+    scored = score_pairs(scorer, pairs, control=JobControl())
+    _sync(cuda)
+    seconds = time.perf_counter() - started
+    latencies = []
+    for request in requests:
+        t0 = time.perf_counter()
+        score_pairs(scorer, request.pairs())
+        _sync(cuda)
+        latencies.append((time.perf_counter() - t0) * 1000)
+    tokens = sum(len(e.ids) for e in scorer.encode(pairs))
+    peak_gpu = None
+    if cuda:
+        import torch
+
+        peak_gpu = torch.cuda.max_memory_allocated() / 2**20
+    return Measurement(
+        setup=setup,
+        pairs=len(pairs),
+        tokens=tokens,
+        seconds=seconds,
+        pairs_per_s=len(pairs) / seconds,
+        tokens_per_s=tokens / seconds,
+        latency_p50_ms=percentile(latencies, 50),
+        latency_p95_ms=percentile(latencies, 95),
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_gpu_mb=peak_gpu,
+        load_s=getattr(scorer, "load_seconds", 0.0),
+        device=f"{device} {scorer.describe().get('dtype', '')}".strip(),
+        scores=tuple(s.score for s in scored),
+    )
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _child() -> int:
+    job = json.loads(sys.stdin.read())
+    config = LoaderConfig(**job["config"])
+    requests = [Request(r["query"], tuple(r["passages"])) for r in job["requests"]]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        result = measure(config, job["setup"], requests)
+    except (ModelError, UsageError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+    payload: dict[str, Any] = asdict(result)
+    print(json.dumps(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child())

@@ -1,0 +1,143 @@
+"""`bge-rerank bench`: what each precision and backend gives on your model and hardware, measured."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MODEL
+from ..errors import InputError, UsageError
+from . import common
+from . import options as opt
+
+
+def bench(
+    input_path: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[INPUT]",
+            help="Rerank JSONL (query + documents per line) to measure on, one request a line. "
+            "Default: the demo's queries and candidates.",
+            show_default=False,
+        ),
+    ] = None,
+    setups: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated setups among torch-fp32, torch-fp16, torch-bf16, onnx-fp32, onnx-int8. "
+            "The first is the accuracy reference. Default: fp32/fp16/bf16 on CUDA; on the CPU fp32, bf16 "
+            "where the CPU has it in hardware, and the ONNX setups when onnxruntime is installed.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N requests.")] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds each setup may take before it is reported as timed out.")
+    ] = 1800.0,
+    model: opt.Model = DEFAULT_MODEL,
+    device: opt.Device = "auto",
+    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
+    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
+    batch_tokens: opt.BatchTokens = None,
+    offline: opt.Offline = False,
+    cache_dir: opt.CacheDir = None,
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", "-f", help="auto (table on a terminal, JSON when piped), table or json."),
+    ] = "auto",
+) -> None:
+    """Measure pairs/s, latency p50/p95 and peak memory of each precision and backend, side by side.
+
+    Each setup runs in a fresh process on the same requests: one batch job over all pairs (pairs/s, tokens/s) and each request on its own (latency). Scores are compared with the first setup's (max |Δ score|), so the accuracy a faster setup costs is shown next to its speed. int8 and bf16 change scores: check that column on your own data before you switch.
+    """
+    from ..benchmark import default_setups, demo_requests, machine, run_setups, setup_config
+
+    with common.reported_errors():
+        if fmt not in ("auto", "table", "json"):
+            raise UsageError(f"--format must be auto, table or json, got {fmt!r}.")
+        base = common.build_config(
+            model=model, device=device, fp16=None, dtype="auto", max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
+            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        from ..loader import resolve_device
+
+        where = resolve_device(base.device)
+        chosen = [s.strip() for s in setups.split(",") if s.strip()] if setups else default_setups(where)
+        for setup in chosen:
+            setup_config(base, setup)  # unknown names fail before any model loads
+        requests = _requests(input_path) if input_path else demo_requests()
+        requests = requests[:limit] if limit else requests
+        if not requests:
+            raise UsageError("no requests to measure: the input has no lines with documents.")
+        if common.err_console.is_terminal:
+            with common.err_console.status(f"measuring {', '.join(chosen)} …", spinner="dots"):
+                results = run_setups(base, chosen, requests, timeout=timeout)
+        else:
+            results = run_setups(base, chosen, requests, timeout=timeout)
+        header = {"model": base.model, "device": where, "machine": machine(), "requests": len(requests)}
+        if fmt == "json" or (fmt == "auto" and not sys.stdout.isatty()):
+            rows = [{k: v for k, v in asdict(r).items() if k != "scores"} for r in results]
+            sys.stdout.buffer.write(
+                orjson.dumps(
+                    {**header, "results": rows}, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+                )
+            )
+        else:
+            Console(highlight=False, width=None if sys.stdout.isatty() else 132).print(
+                _table(header, results)
+            )
+        if all(r.error is not None for r in results):
+            raise typer.Exit(1)
+
+
+def _requests(path: str) -> list:
+    from ..benchmark import Request
+    from ..inputs import Rejected, open_input, rerank_items
+
+    out = []
+    with open_input(path, "bench") as (stream, source):
+        for item in rerank_items(stream, source):
+            if isinstance(item, Rejected):
+                if item.blank:
+                    continue
+                raise InputError(item.reason, source=source, line=item.line)
+            if item.documents:
+                out.append(Request(item.query, tuple(d.text for d in item.documents)))
+    return out
+
+
+def _table(header: dict, results: list) -> Table:
+    pairs = results[0].pairs if results else 0
+    table = Table(
+        title=f"bge-rerank bench: {escape(header['model'])} on {header['device']}, "
+        f"{header['requests']} requests, {pairs} pairs\n{escape(header['machine'])}\n"
+        "max|Δ|: largest score (sigmoid) difference from the first setup on the same pairs",
+        title_justify="left",
+    )
+    for name in ("setup", "ran as", "pairs/s", "tok/s", "p50 ms", "p95 ms", "RSS MB", "GPU MB", "max|Δ|"):
+        table.add_column(name, justify="left" if name in ("setup", "ran as") else "right", no_wrap=True)
+    for r in results:
+        if r.error is not None:
+            table.add_row(r.setup, f"[red]failed: {escape(r.error)}[/]", *[""] * 7)
+            continue
+        table.add_row(
+            r.setup,
+            r.device,
+            f"{r.pairs_per_s:.2f}",
+            f"{r.tokens_per_s:.0f}",
+            f"{r.latency_p50_ms:.0f}",
+            f"{r.latency_p95_ms:.0f}",
+            f"{r.peak_rss_mb:.0f}",
+            "-" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}",
+            "-" if r.max_abs_delta is None else f"{r.max_abs_delta:.1e}",
+        )
+    return table
