@@ -76,7 +76,7 @@ def worker(
         import torch
         from sentence_transformers import CrossEncoder
 
-        kwargs = {"torch_dtype": torch.float16} if precision == "fp16" else {}
+        kwargs = {"dtype": torch.float16} if precision == "fp16" else {}
         ce = CrossEncoder(model, device=device, max_length=max_length, model_kwargs=kwargs)
         ce.predict(pairs[:2], batch_size=batch_size, show_progress_bar=False)  # warm-up
         started = time.perf_counter()
@@ -90,7 +90,12 @@ def worker(
     elif engine.startswith("flag-"):
         from FlagEmbedding import FlagReranker
 
-        reranker = FlagReranker(model, use_fp16=precision == "fp16", devices=[device], batch_size=batch_size)
+        reranker = FlagReranker(
+            model,
+            use_fp16=precision == "fp16",
+            devices=["cuda:0" if device == "cuda" else device],
+            batch_size=batch_size,
+        )
         reranker.compute_score(pairs[:2], max_length=max_length)  # warm-up
         started = time.perf_counter()
         scores = reranker.compute_score(pairs, batch_size=batch_size, max_length=max_length, normalize=True)
@@ -309,7 +314,7 @@ def main() -> int:
                 continue
             runs[engine].append(json.loads(out.stdout.strip().splitlines()[-1]))
     best = {e: min(r, key=lambda x: x["seconds"]) for e, r in runs.items() if r}
-    report = render(best, skipped, args, n, rounds)
+    report = render(best, skipped, args, n, rounds, runs)
     print(report)
     if args.json:
         Path(args.json).write_text(json.dumps({"report": report, "runs": runs}, indent=1))
@@ -320,7 +325,12 @@ def main() -> int:
 
 
 def render(
-    best: dict[str, dict], skipped: dict[str, str], args: argparse.Namespace, n: int, rounds: int
+    best: dict[str, dict],
+    skipped: dict[str, str],
+    args: argparse.Namespace,
+    n: int,
+    rounds: int,
+    runs: dict[str, list[dict]] | None = None,
 ) -> str:
     """A markdown table: speed, padding, memory, ratios to each peer, and the score deviation."""
     ref = best.get(REFERENCE) or next((r for e, r in best.items() if e.startswith("st-")), None)
@@ -350,6 +360,13 @@ def render(
         )
     for engine, why in skipped.items():
         lines.append(f"| {engine} | not run: {why} |" + " |" * (5 + len(peer_names)))
+    per_round = "; ".join(
+        f"{e} " + ", ".join(f"{r['pairs'] / r['seconds']:.2f}" for r in rs)
+        for e, rs in (runs or {}).items()
+        if rs
+    )
+    if per_round:
+        lines.append(f"\npairs/s per round: {per_round}")
     shape = (
         "scaled-down XLM-R (4 layers, hidden 256)" if args.quick else "bge-reranker-v2-m3 architecture (568M)"
     )

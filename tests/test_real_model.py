@@ -279,3 +279,37 @@ def test_half_precision_overflow_is_recomputed_in_fp32(tmp_path: Path):
     got = half.logits(half.encode(pairs))
     assert half.fp32_fallbacks == 1
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_out_of_memory_on_the_real_model_splits_batches_and_keeps_every_score(tiny_xlmr: Path):
+    """torch's OutOfMemoryError injected into the real forward pass for batches of more than 2 rows."""
+    import torch
+
+    from bge_rerank_cli.engine import JobControl, score_pairs
+    from bge_rerank_cli.loader import TorchScorer, _load_cross_encoder
+
+    pairs = [Pair(q, p) for q, p in sample_pairs()] * 2 + [Pair("extra", f"passage {i}") for i in range(9)]
+    reference = load_scorer(LoaderConfig(model=str(tiny_xlmr), device="cpu"))
+    expected = [s.logit for s in score_pairs(reference, pairs)]
+    config = LoaderConfig(model=str(tiny_xlmr), device="cpu", batch_size=64)
+    scorer = TorchScorer(config, _load_cross_encoder(config, "cpu", "fp32"), "cpu", "fp32")
+    model, rows_run = scorer._model, []
+
+    class SmallMemory(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, **features):
+            rows = features["input_ids"].shape[0]
+            if rows > 2:
+                raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {rows} rows")
+            rows_run.append(rows)
+            return self.inner(**features)
+
+    scorer._model = SmallMemory()
+    control = JobControl()
+    got = [s.logit for s in score_pairs(scorer, pairs, control=control)]
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert control.stats.oom_splits > 0
+    assert sum(rows_run) == len(set(pairs))  # every distinct pair scored once, none redone

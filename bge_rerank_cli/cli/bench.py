@@ -12,13 +12,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MODEL
+from ..config import LoaderConfig
 from ..errors import InputError, UsageError
 from . import common
-from . import options as opt
 
 
+@common.loader_options(precision=False)
 def bench(
+    config: LoaderConfig,
     input_path: Annotated[
         str | None,
         typer.Argument(
@@ -41,15 +42,6 @@ def bench(
     timeout: Annotated[
         float, typer.Option(help="Seconds each setup may take before it is reported as timed out.")
     ] = 1800.0,
-    model: opt.Model = DEFAULT_MODEL,
-    device: opt.Device = "auto",
-    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
-    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
-    batch_tokens: opt.BatchTokens = None,
-    offline: opt.Offline = False,
-    cache_dir: opt.CacheDir = None,
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
     fmt: Annotated[
         str,
         typer.Option("--format", "-f", help="auto (table on a terminal, JSON when piped), table or json."),
@@ -64,26 +56,22 @@ def bench(
     with common.reported_errors():
         if fmt not in ("auto", "table", "json"):
             raise UsageError(f"--format must be auto, table or json, got {fmt!r}.")
-        base = common.build_config(
-            model=model, device=device, fp16=None, dtype="auto", max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
-            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code,
-        )  # fmt: skip
         from ..loader import resolve_device
 
-        where = resolve_device(base.device)
+        where = resolve_device(config.device)
         chosen = [s.strip() for s in setups.split(",") if s.strip()] if setups else default_setups(where)
         for setup in chosen:
-            setup_config(base, setup)  # unknown names fail before any model loads
+            setup_config(config, setup)  # unknown names fail before any model loads
         requests = _requests(input_path) if input_path else demo_requests()
         requests = requests[:limit] if limit else requests
         if not requests:
             raise UsageError("no requests to measure: the input has no lines with documents.")
         if common.err_console.is_terminal:
             with common.err_console.status(f"measuring {', '.join(chosen)} …", spinner="dots"):
-                results = run_setups(base, chosen, requests, timeout=timeout)
+                results = run_setups(config, chosen, requests, timeout=timeout)
         else:
-            results = run_setups(base, chosen, requests, timeout=timeout)
-        header = {"model": base.model, "device": where, "machine": machine(), "requests": len(requests)}
+            results = run_setups(config, chosen, requests, timeout=timeout)
+        header = {"model": config.model, "device": where, "machine": machine(), "requests": len(requests)}
         if fmt == "json" or (fmt == "auto" and not sys.stdout.isatty()):
             rows = [{k: v for k, v in asdict(r).items() if k != "scores"} for r in results]
             sys.stdout.buffer.write(

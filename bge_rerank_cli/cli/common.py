@@ -88,8 +88,8 @@ def build_config(
     *,
     model: str,
     device: str,
-    fp16: bool | None,
-    dtype: str,
+    fp16: bool | None = None,
+    dtype: str = "auto",
     max_length: int,
     batch_size: int,
     batch_tokens: int | None = None,
@@ -165,3 +165,61 @@ def progress(quiet: bool, unit: str = "pairs") -> Iterator[Callable[[int], None]
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+
+
+_PRECISION_OPTIONS = ("fp16", "dtype", "backend", "quantize")
+
+
+def _loader_parameters() -> list[tuple[str, Any, Any]]:
+    from ..config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MODEL
+    from . import options as opt
+
+    return [
+        ("model", opt.Model, DEFAULT_MODEL),
+        ("device", opt.Device, "auto"),
+        ("fp16", opt.Fp16, None),
+        ("dtype", opt.Dtype, "auto"),
+        ("max_length", opt.MaxLength, DEFAULT_MAX_LENGTH),
+        ("batch_size", opt.BatchSize, DEFAULT_BATCH_SIZE),
+        ("batch_tokens", opt.BatchTokens, None),
+        ("offline", opt.Offline, False),
+        ("cache_dir", opt.CacheDir, None),
+        ("revision", opt.Revision, None),
+        ("trust_remote_code", opt.TrustRemoteCode, False),
+        ("backend", opt.Backend, "torch"),
+        ("quantize", opt.Quantize, "none"),
+    ]
+
+
+def loader_options(*, precision: bool = True) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Give a command the shared model, device and batching options, declared once.
+
+    The command takes ``config: LoaderConfig`` instead; the options appear in its ``--help`` (panel
+    "Model") and are validated into one config before the command runs. ``precision=False`` leaves out
+    --fp16/--dtype/--backend/--quantize, for a command that chooses those itself.
+    """
+    import functools
+    import inspect
+
+    def decorate(command: Callable[..., T]) -> Callable[..., T]:
+        shared = [p for p in _loader_parameters() if precision or p[0] not in _PRECISION_OPTIONS]
+        names = [name for name, _, _ in shared]
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "config"]
+        extra = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+            for n, a, d in shared
+        ]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> T:
+            values = {name: kwargs.pop(name) for name in names}
+            with reported_errors():
+                config = build_config(**values)
+            return command(config=config, **kwargs)
+
+        params = own + extra
+        wrapper.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate

@@ -12,11 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import (
-    DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_MAX_CHUNKS,
-    DEFAULT_MAX_LENGTH,
-    DEFAULT_MODEL,
+    LoaderConfig,
     ScoreOptions,
 )
 from ..demo import DemoResult, DemoRow, DemoTimings, demo_queries, run_query, timings
@@ -26,21 +24,10 @@ from . import common
 from . import options as opt
 
 
+@common.loader_options()
 def demo(
+    config: LoaderConfig,
     lang: Annotated[str, typer.Option(help="Which examples: zh, en or all.")] = "all",
-    model: opt.Model = DEFAULT_MODEL,
-    device: opt.Device = "auto",
-    fp16: opt.Fp16 = None,
-    dtype: opt.Dtype = "auto",
-    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
-    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
-    batch_tokens: opt.BatchTokens = None,
-    offline: opt.Offline = False,
-    cache_dir: opt.CacheDir = None,
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
-    backend: opt.Backend = "torch",
-    quantize: opt.Quantize = "none",
     long_docs: opt.LongDocs = "truncate",
     chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
@@ -58,10 +45,6 @@ def demo(
         if fmt not in ("auto", "table", "jsonl"):
             raise UsageError(f"--format must be auto, table or jsonl, got {fmt!r}.")
         queries = demo_queries(lang)
-        config = common.build_config(
-            model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
-            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code, backend=backend, quantize=quantize,
-        )  # fmt: skip
         options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
         scorer = common.load_model(config, quiet)
         as_json = fmt == "jsonl" or (fmt == "auto" and not sys.stdout.isatty())

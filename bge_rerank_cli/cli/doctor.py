@@ -12,15 +12,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_MODEL
+from ..config import LoaderConfig
 from ..errors import UsageError
 from . import common
-from . import options as opt
 
 ICONS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
 
 
+@common.loader_options()
 def doctor(
+    config: LoaderConfig,
     check_model: Annotated[
         bool,
         typer.Option("--check-model", help="Also load the model and score one pair (load time, latency)."),
@@ -28,19 +29,6 @@ def doctor(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the Hub before calling it unreachable.")
     ] = 3.0,
-    model: opt.Model = DEFAULT_MODEL,
-    device: opt.Device = "auto",
-    fp16: opt.Fp16 = None,
-    dtype: opt.Dtype = "auto",
-    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
-    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
-    batch_tokens: opt.BatchTokens = None,
-    offline: opt.Offline = False,
-    cache_dir: opt.CacheDir = None,
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
-    backend: opt.Backend = "torch",
-    quantize: opt.Quantize = "none",
     fmt: Annotated[
         str,
         typer.Option("--format", "-f", help="auto (table on a terminal, JSON when piped), table or json."),
@@ -55,10 +43,6 @@ def doctor(
     with common.reported_errors():
         if fmt not in ("auto", "table", "json"):
             raise UsageError(f"--format must be auto, table or json, got {fmt!r}.")
-        config = common.build_config(
-            model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
-            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code, backend=backend, quantize=quantize,
-        )  # fmt: skip
         if common.err_console.is_terminal:
             with common.err_console.status("checking …", spinner="dots"):
                 results = run_checks(collect(config, check_model=check_model, timeout=timeout))

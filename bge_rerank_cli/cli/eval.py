@@ -12,11 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import (
-    DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_MAX_CHUNKS,
-    DEFAULT_MAX_LENGTH,
-    DEFAULT_MODEL,
+    LoaderConfig,
     ScoreOptions,
 )
 from ..engine import JobControl, rerank_stream
@@ -43,7 +41,9 @@ from . import options as opt
 FIRST = "First stage and judgements"
 
 
+@common.loader_options()
 def eval_(
+    config: LoaderConfig,
     qrels: Annotated[
         str | None,
         typer.Option(help="Relevance judgements: TREC qrels or BEIR qrels TSV.", rich_help_panel=FIRST),
@@ -81,19 +81,6 @@ def eval_(
     per_query: Annotated[
         bool, typer.Option("--per-query", help="Show each query's before/after values.")
     ] = False,
-    model: opt.Model = DEFAULT_MODEL,
-    device: opt.Device = "auto",
-    fp16: opt.Fp16 = None,
-    dtype: opt.Dtype = "auto",
-    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
-    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
-    batch_tokens: opt.BatchTokens = None,
-    offline: opt.Offline = False,
-    cache_dir: opt.CacheDir = None,
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
-    backend: opt.Backend = "torch",
-    quantize: opt.Quantize = "none",
     long_docs: opt.LongDocs = "truncate",
     chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
@@ -130,10 +117,6 @@ def eval_(
         if reranked is not None:
             after = read_ranked(reranked)
         else:
-            config = common.build_config(
-                model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
-                offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code, backend=backend, quantize=quantize,
-            )  # fmt: skip
             options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
             scorer = common.load_model(config, quiet)
             started = time.perf_counter()

@@ -8,11 +8,9 @@ from typing import Annotated
 import typer
 
 from ..config import (
-    DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_MAX_CHUNKS,
-    DEFAULT_MAX_LENGTH,
-    DEFAULT_MODEL,
+    LoaderConfig,
     ScoreOptions,
 )
 from ..engine import JobControl, Scorer, rerank_stream
@@ -26,7 +24,9 @@ from . import options as opt
 from .job import JobSpec, RayOptions, Rendering, run_job, run_ray_job
 
 
+@common.loader_options()
 def rerank(
+    config: LoaderConfig,
     input: Annotated[
         str | None,
         typer.Argument(help='JSONL file of {"query", "documents"} records; "-" or nothing reads stdin.'),
@@ -70,19 +70,6 @@ def rerank(
         float | None,
         typer.Option("--min-score", min=0.0, max=1.0, help="Drop results scoring below X (0..1)."),
     ] = None,
-    model: opt.Model = DEFAULT_MODEL,
-    device: opt.Device = "auto",
-    fp16: opt.Fp16 = None,
-    dtype: opt.Dtype = "auto",
-    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
-    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
-    batch_tokens: opt.BatchTokens = None,
-    offline: opt.Offline = False,
-    cache_dir: opt.CacheDir = None,
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
-    backend: opt.Backend = "torch",
-    quantize: opt.Quantize = "none",
     long_docs: opt.LongDocs = "truncate",
     chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
@@ -111,10 +98,6 @@ def rerank(
     """
     with common.reported_errors():
         common.check_format(fmt)
-        config = common.build_config(
-            model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
-            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code, backend=backend, quantize=quantize,
-        )  # fmt: skip
         options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
         spec = JobSpec(fmt, output, errors, on_error, resume, quiet, "queries")  # type: ignore[arg-type]
         if engine not in ("local", "ray"):

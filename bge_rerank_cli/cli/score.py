@@ -8,11 +8,9 @@ from typing import Annotated
 import typer
 
 from ..config import (
-    DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_MAX_CHUNKS,
-    DEFAULT_MAX_LENGTH,
-    DEFAULT_MODEL,
+    LoaderConfig,
     ScoreOptions,
 )
 from ..engine import JobControl, Scorer, score_stream
@@ -25,7 +23,9 @@ from . import options as opt
 from .job import JobSpec, RayOptions, Rendering, run_job, run_ray_job
 
 
+@common.loader_options()
 def score(
+    config: LoaderConfig,
     input: Annotated[
         str | None,
         typer.Argument(help='JSONL file of {"query", "passage"} records; "-" or nothing reads stdin.'),
@@ -34,19 +34,6 @@ def score(
     passage: Annotated[
         list[str] | None, typer.Option("--passage", "-p", help="A passage for --query (repeatable).")
     ] = None,
-    model: opt.Model = DEFAULT_MODEL,
-    device: opt.Device = "auto",
-    fp16: opt.Fp16 = None,
-    dtype: opt.Dtype = "auto",
-    max_length: opt.MaxLength = DEFAULT_MAX_LENGTH,
-    batch_size: opt.BatchSize = DEFAULT_BATCH_SIZE,
-    batch_tokens: opt.BatchTokens = None,
-    offline: opt.Offline = False,
-    cache_dir: opt.CacheDir = None,
-    revision: opt.Revision = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
-    backend: opt.Backend = "torch",
-    quantize: opt.Quantize = "none",
     long_docs: opt.LongDocs = "truncate",
     chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
@@ -74,10 +61,6 @@ def score(
     """
     with common.reported_errors():
         common.check_format(fmt)
-        config = common.build_config(
-            model=model, device=device, fp16=fp16, dtype=dtype, max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
-            offline=offline, cache_dir=cache_dir, revision=revision, trust_remote_code=trust_remote_code, backend=backend, quantize=quantize,
-        )  # fmt: skip
         options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
         spec = JobSpec(fmt, output, errors, on_error, resume, quiet, "records")  # type: ignore[arg-type]
         if engine not in ("local", "ray"):
