@@ -15,6 +15,7 @@ from rich.table import Table
 from ..config import LoaderConfig
 from ..errors import InputError, UsageError
 from . import common
+from . import options as opt
 
 
 @common.loader_options(precision=False)
@@ -42,10 +43,7 @@ def bench(
     timeout: Annotated[
         float, typer.Option(help="Seconds each setup may take before it is reported as timed out.")
     ] = 1800.0,
-    fmt: Annotated[
-        str,
-        typer.Option("--format", "-f", help="auto (table on a terminal, JSON when piped), table or json."),
-    ] = "auto",
+    fmt: opt.ReportFormat = "auto",
 ) -> None:
     """Measure pairs/s, latency p50/p95 and peak memory of each precision and backend, side by side.
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from ..config import LoaderConfig
 from ..errors import UsageError
 from . import common
+from . import options as opt
 
 ICONS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
 
@@ -29,10 +30,7 @@ def doctor(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the Hub before calling it unreachable.")
     ] = 3.0,
-    fmt: Annotated[
-        str,
-        typer.Option("--format", "-f", help="auto (table on a terminal, JSON when piped), table or json."),
-    ] = "auto",
+    fmt: opt.ReportFormat = "auto",
 ) -> None:
     """Diagnose the install: versions, TensorFlow/Keras conflicts, model cache, Hub access, CUDA, CPU.
 

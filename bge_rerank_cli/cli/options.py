@@ -116,6 +116,10 @@ Format = Annotated[
         rich_help_panel=OUTPUT,
     ),
 ]
+ReportFormat = Annotated[
+    str,
+    typer.Option("--format", "-f", help="auto (table on a terminal, JSON when piped), table or json."),
+]
 Output = Annotated[
     str | None,
     typer.Option(
