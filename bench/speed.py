@@ -1,15 +1,19 @@
-"""Throughput and accuracy of bge-rerank against sentence-transformers, side by side, on one workload.
+"""Throughput and accuracy of bge-rerank against its peers, side by side, on one workload.
 
 Builds a random-weight model once (throughput does not depend on weight values) and caches it under
 bench/.cache: the exact bge-reranker-v2-m3 architecture (24 layers, hidden 1024, 16 heads, FFN 4096,
-vocab 250002), or with --quick a scaled-down one. Generates a reproducible mixed-length workload
-(queries 5-40 tokens, passages 20-1000 tokens, some duplicate pairs). Each engine runs in its own
-fresh process (so peak RSS is its own), engines interleaved round by round, on the same pairs, batch
-size and max length. Prints pairs/s, tokens/s, padding fraction, peak RSS, the ratio to
-`CrossEncoder.predict` fp32 and max |Δscore| (sigmoid) against it, and writes docs/benchmarks.md.
+vocab 250002) with a locally built tokenizer, or with --quick a scaled-down one. Generates a
+reproducible mixed-length workload (queries 5-40 tokens, passages 20-1000 tokens, ~10% repeated
+pairs). Peers: sentence-transformers `CrossEncoder.predict` and FlagEmbedding `FlagReranker`
+(in its own venv under bench/.cache/flag-venv, created on first use: it needs transformers <= 5.23).
+Each engine runs in its own fresh process (so peak memory is its own), engines interleaved round by
+round, on the same pairs, batch size and max length; ONNX exports are made beforehand in a separate
+process. Prints pairs/s, tokens/s, padding fraction, peak RSS (and GPU memory), the ratio to each peer
+and max |Δscore| (sigmoid) against fp32 torch, and writes docs/benchmarks.md.
 
-    python bench/speed.py --quick              # scaled-down model, < 2 minutes
-    python bench/speed.py --pairs 64           # full-size architecture (slow on CPU)
+    python bench/speed.py --quick                  # scaled-down model, < 2 minutes once set up
+    python bench/speed.py --pairs 64 --rounds 2    # full-size architecture (~20 minutes on 2 cores)
+    python bench/speed.py --device cuda            # the GPU set: fp16/bf16 against FlagReranker fp16
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 CACHE = ROOT / "bench" / ".cache"
 ENGINES = ("st-predict-fp32", "flag-fp32", "ours-torch-fp32", "ours-onnx-fp32", "ours-onnx-int8")
-GPU_ENGINES = ("st-predict-fp16", "flag-fp16", "ours-torch-fp32", "ours-torch-fp16", "ours-torch-bf16")
+GPU_ENGINES = (
+    "st-predict-fp32",
+    "st-predict-fp16",
+    "flag-fp16",
+    "ours-torch-fp32",
+    "ours-torch-fp16",
+    "ours-torch-bf16",
+)
 REFERENCE = "st-predict-fp32"  # fp32 torch, the scores every other engine is compared with
 PEERS = {"st": "st-predict", "flag": "flag"}
 FLAG_VENV = CACHE / "flag-venv"
