@@ -123,13 +123,9 @@ def run_setups(
         config = setup_config(base, setup)
         job = {"config": asdict(config), "setup": setup, "requests": [asdict(r) for r in requests]}
         try:
-            out = subprocess.run(
-                [sys.executable, "-m", "bge_rerank_cli.benchmark"],
-                input=json.dumps(job),
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
+            if config.backend == "onnx":  # export (once, cached) first: its memory is not scoring's
+                _child_run({**job, "prepare": True}, timeout)
+            out = _child_run(job, timeout)
         except subprocess.TimeoutExpired:
             results.append(Measurement(setup, error=f"timed out after {timeout:.0f} s"))
             continue
@@ -142,6 +138,16 @@ def run_setups(
         data["scores"] = tuple(data["scores"])
         results.append(Measurement(**data))
     return with_deltas(results)
+
+
+def _child_run(job: dict[str, Any], timeout: float | None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bge_rerank_cli.benchmark"],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def with_deltas(results: Sequence[Measurement]) -> list[Measurement]:
@@ -227,6 +233,11 @@ def _child() -> int:
     requests = [Request(r["query"], tuple(r["passages"])) for r in job["requests"]]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if job.get("prepare"):
+            from .loader import load_scorer
+
+            load_scorer(config)
+            return 0
         result = measure(config, job["setup"], requests)
     except (ModelError, UsageError) as exc:
         print(str(exc), file=sys.stderr)

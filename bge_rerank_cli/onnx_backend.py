@@ -50,7 +50,7 @@ def export_dir(config: LoaderConfig) -> Path:
         {"v": FORMAT_VERSION, "model": model, "revision": config.revision, "quantize": config.quantize},
         option=orjson.OPT_SORT_KEYS,
     )
-    name = config.model.rstrip("/").replace("/", "--")[-60:]
+    name = model.rstrip("/").replace("/", "--")[-60:]  # the resolved path: one folder per model
     return cache_root() / f"{name}-{config.quantize}-{hashlib.sha256(key).hexdigest()[:16]}"
 
 

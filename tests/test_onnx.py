@@ -91,3 +91,12 @@ def test_without_onnxruntime_the_message_names_the_extra(tiny_xlmr: Path, tmp_pa
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, env=env, timeout=120)
     assert result.returncode == 2
     assert b"pip install 'bge-rerank-cli[onnx]'" in result.stderr
+
+
+def test_one_export_folder_per_model_however_its_path_is_written(
+    tiny_xlmr: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tiny_xlmr.parent)
+    relative = export_dir(LoaderConfig(model=tiny_xlmr.name, backend="onnx"))
+    assert relative == export_dir(LoaderConfig(model=str(tiny_xlmr) + "/", backend="onnx"))
+    assert relative != export_dir(LoaderConfig(model=str(tiny_xlmr), backend="onnx", quantize="int8"))
