@@ -191,15 +191,11 @@ def _sorted_padding(
 
 
 def machine(device: str = "cpu") -> str:
-    cpu = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
+
+    from bge_rerank_cli.doctor.snapshot import collect_cpu
+
+    cpu = collect_cpu().name or "CPU"
 
     cap = torch.backends.cpu.get_cpu_capability()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

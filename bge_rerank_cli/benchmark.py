@@ -87,12 +87,9 @@ def default_setups(device: str) -> list[str]:
 
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); emulated bf16 is slower."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+    from .doctor.snapshot import collect_cpu
+
+    return bool({"BF16", "AMX"} & set(collect_cpu().flags))
 
 
 def demo_requests() -> list[Request]:
@@ -103,14 +100,10 @@ def demo_requests() -> list[Request]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
     from .config import cpu_threads
+    from .doctor.snapshot import collect_cpu
 
+    cpu = collect_cpu().name or platform.machine()
     return f"{cpu}, {cpu_threads()} CPU threads, Python {platform.python_version()}"
 
 

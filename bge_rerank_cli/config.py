@@ -65,10 +65,6 @@ class LoaderConfig:
             raise UsageError(f"query max length must be positive, got {self.query_max_length}.")
 
     @property
-    def token_budget(self) -> int:
-        return self.batch_tokens or self.batch_size * self.max_length
-
-    @property
     def query_cap(self) -> int:
         return self.query_max_length or self.max_length * 3 // 4
 

@@ -166,7 +166,7 @@ def score_encoded(
             half = len(batch) // 2
             budget = half * lengths[batch[0]]
             rest = [i for b in pending for i in b]
-            pending = [batch[:half], batch[half:], *token_batches(rest, lengths, budget, min(fill, budget))]
+            pending = [batch[:half], batch[half:], *token_batches(rest, lengths, budget, fill)]
             control.stats.oom_splits += 1
             continue
         for i, value in zip(batch, values, strict=True):

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import LoaderConfig, cpu_threads
-from .engine import CPU_FILL_TOKENS, BatchTooLarge, Encoded
+from .engine import BatchTooLarge, Encoded
 from .errors import ModelError
 from .hub import cache_dir, download_command, hub_offline, probe_hub
-from .records import Pair
+from .tokenization import PairTokenizer, TokenizedScorer
 
 log = logging.getLogger("bge_rerank_cli")
 
@@ -84,7 +84,7 @@ def resolve_dtype(requested: str, device: str) -> str:
     return requested
 
 
-class TorchScorer:
+class TorchScorer(TokenizedScorer):
     """Tokenises pairs with the model's fast tokenizer and runs its classification head."""
 
     def __init__(self, config: LoaderConfig, cross_encoder: Any, device: str, dtype: str) -> None:
@@ -107,8 +107,6 @@ class TorchScorer:
                 config.model,
                 self.model_limit,
             )
-        from .tokenization import PairTokenizer
-
         self.pairs = PairTokenizer(
             tokenizer.backend_tokenizer.to_str(),
             max_length=self.max_length,
@@ -118,16 +116,8 @@ class TorchScorer:
         )
 
     @property
-    def batch_size(self) -> int:
-        return self.config.batch_size
-
-    @property
-    def batch_tokens(self) -> int:
-        return self.config.batch_tokens or self.config.batch_size * self.max_length
-
-    @property
     def fill_tokens(self) -> int:
-        return self.batch_tokens // 4 if self.device.startswith("cuda") else CPU_FILL_TOKENS
+        return self.batch_tokens // 4 if self.device.startswith("cuda") else super().fill_tokens
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.config.model, "device": self.device, "dtype": self.dtype, "backend": "torch"}
@@ -135,12 +125,6 @@ class TorchScorer:
     @property
     def query_cap(self) -> int:
         return self.pairs.query_cap
-
-    def encode(self, pairs: Sequence[Pair]) -> list[Encoded]:
-        return self.pairs.encode(pairs)
-
-    def encode_windows(self, pairs: Sequence[Pair], *, overlap: int, max_chunks: int) -> list[list[Encoded]]:
-        return self.pairs.encode_windows(pairs, overlap=overlap, max_chunks=max_chunks)
 
     def logits(self, batch: Sequence[Encoded]) -> list[float]:
         import torch

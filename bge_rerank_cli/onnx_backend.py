@@ -23,10 +23,9 @@ from typing import Any
 import orjson
 
 from .config import LoaderConfig, cpu_threads
-from .engine import CPU_FILL_TOKENS, Encoded
+from .engine import Encoded
 from .errors import ModelError, UsageError
-from .records import Pair
-from .tokenization import PairTokenizer
+from .tokenization import PairTokenizer, TokenizedScorer
 
 log = logging.getLogger("bge_rerank_cli")
 INSTALL_HINT = "pip install 'bge-rerank-cli[onnx]'"
@@ -54,7 +53,7 @@ def export_dir(config: LoaderConfig) -> Path:
     return cache_root() / f"{name}-{config.quantize}-{hashlib.sha256(key).hexdigest()[:16]}"
 
 
-class OnnxScorer:
+class OnnxScorer(TokenizedScorer):
     """Tokenises with ``tokenizers`` and runs the exported graph with onnxruntime."""
 
     def __init__(self, config: LoaderConfig, folder: Path) -> None:
@@ -85,26 +84,8 @@ class OnnxScorer:
         )
         self._inputs = {i.name for i in self._session.get_inputs()}
 
-    @property
-    def batch_size(self) -> int:
-        return self.config.batch_size
-
-    @property
-    def batch_tokens(self) -> int:
-        return self.config.batch_tokens or self.config.batch_size * self.max_length
-
-    @property
-    def fill_tokens(self) -> int:
-        return CPU_FILL_TOKENS
-
     def describe(self) -> dict[str, Any]:
         return {"model": self.config.model, "device": "cpu", "dtype": self.dtype, "backend": "onnx"}
-
-    def encode(self, pairs: Sequence[Pair]) -> list[Encoded]:
-        return self.pairs.encode(pairs)
-
-    def encode_windows(self, pairs: Sequence[Pair], *, overlap: int, max_chunks: int) -> list[list[Encoded]]:
-        return self.pairs.encode_windows(pairs, overlap=overlap, max_chunks=max_chunks)
 
     def logits(self, batch: Sequence[Encoded]) -> list[float]:
         import numpy as np

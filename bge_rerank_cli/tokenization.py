@@ -7,10 +7,13 @@ first (FlagEmbedding's rule), or, in window mode, split into overlapping windows
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .engine import Encoded
+from .engine import CPU_FILL_TOKENS, Encoded
 from .records import Pair
+
+if TYPE_CHECKING:
+    from .config import LoaderConfig
 
 
 class PairTokenizer:
@@ -99,3 +102,33 @@ class PairTokenizer:
 def _span(window: Any) -> tuple[int, int]:
     offsets = [o for o in window.offsets if o != (0, 0)] or [(0, 0)]
     return offsets[0][0], max(end for _, end in offsets)
+
+
+class TokenizedScorer:
+    """What every backend's scorer shares: batch limits and tokenisation through a :class:`PairTokenizer`.
+
+    A backend sets ``config``, ``max_length`` (the model's limit applied) and ``pairs``, and adds
+    ``logits``; ``fill_tokens`` is the CPU's unless the backend runs elsewhere.
+    """
+
+    config: LoaderConfig
+    max_length: int
+    pairs: PairTokenizer
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.config.batch_tokens or self.config.batch_size * self.max_length
+
+    @property
+    def fill_tokens(self) -> int:
+        return CPU_FILL_TOKENS
+
+    def encode(self, pairs: Sequence[Pair]) -> list[Encoded]:
+        return self.pairs.encode(pairs)
+
+    def encode_windows(self, pairs: Sequence[Pair], *, overlap: int, max_chunks: int) -> list[list[Encoded]]:
+        return self.pairs.encode_windows(pairs, overlap=overlap, max_chunks=max_chunks)

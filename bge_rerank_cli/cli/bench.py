@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -16,6 +16,9 @@ from ..config import LoaderConfig
 from ..errors import InputError, UsageError
 from . import common
 from . import options as opt
+
+if TYPE_CHECKING:
+    from ..benchmark import Measurement, Request
 
 
 @common.loader_options(precision=False)
@@ -52,8 +55,7 @@ def bench(
     from ..benchmark import default_setups, demo_requests, machine, run_setups, setup_config
 
     with common.reported_errors():
-        if fmt not in ("auto", "table", "json"):
-            raise UsageError(f"--format must be auto, table or json, got {fmt!r}.")
+        as_json = common.report_as_json(fmt)
         from ..loader import resolve_device
 
         where = resolve_device(config.device)
@@ -70,7 +72,7 @@ def bench(
         else:
             results = run_setups(config, chosen, requests, timeout=timeout)
         header = {"model": config.model, "device": where, "machine": machine(), "requests": len(requests)}
-        if fmt == "json" or (fmt == "auto" and not sys.stdout.isatty()):
+        if as_json:
             rows = [{k: v for k, v in asdict(r).items() if k != "scores"} for r in results]
             sys.stdout.buffer.write(
                 orjson.dumps(
@@ -85,11 +87,11 @@ def bench(
             raise typer.Exit(1)
 
 
-def _requests(path: str) -> list:
+def _requests(path: str) -> list[Request]:
     from ..benchmark import Request
     from ..inputs import Rejected, open_input, rerank_items
 
-    out = []
+    out: list[Request] = []
     with open_input(path, "bench") as (stream, source):
         for item in rerank_items(stream, source):
             if isinstance(item, Rejected):
@@ -101,8 +103,8 @@ def _requests(path: str) -> list:
     return out
 
 
-def _table(header: dict, results: list) -> Table:
-    pairs = results[0].pairs if results else 0
+def _table(header: dict[str, Any], results: list[Measurement]) -> Table:
+    pairs = next((r.pairs for r in results if r.error is None), 0)
     table = Table(
         title=f"bge-rerank bench: {escape(header['model'])} on {header['device']}, "
         f"{header['requests']} requests, {pairs} pairs\n{escape(header['machine'])}\n"

@@ -162,6 +162,13 @@ def progress(quiet: bool, unit: str = "pairs") -> Iterator[Callable[[int], None]
         yield advance
 
 
+def report_as_json(fmt: str) -> bool:
+    """For a report command's --format (auto, table, json): True when it should print JSON."""
+    if fmt not in ("auto", "table", "json"):
+        raise UsageError(f"--format must be auto, table or json, got {fmt!r}.")
+    return fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+
+
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")

@@ -13,7 +13,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import LoaderConfig
-from ..errors import UsageError
 from . import common
 from . import options as opt
 
@@ -39,15 +38,14 @@ def doctor(
     from ..doctor import collect, run_checks
 
     with common.reported_errors():
-        if fmt not in ("auto", "table", "json"):
-            raise UsageError(f"--format must be auto, table or json, got {fmt!r}.")
+        as_json = common.report_as_json(fmt)
         if common.err_console.is_terminal:
             with common.err_console.status("checking …", spinner="dots"):
                 results = run_checks(collect(config, check_model=check_model, timeout=timeout))
         else:
             results = run_checks(collect(config, check_model=check_model, timeout=timeout))
         failed = any(r.status == "fail" for r in results)
-        if fmt == "json" or (fmt == "auto" and not sys.stdout.isatty()):
+        if as_json:
             payload = {"ok": not failed, "model": config.model, "checks": [asdict(r) for r in results]}
             sys.stdout.buffer.write(
                 orjson.dumps(payload, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
