@@ -123,3 +123,23 @@ def test_a_bad_line_after_good_ones_fails_with_its_number():
     result = runner.invoke(app, ["score", "-f", "jsonl"], input=data)
     assert result.exit_code == 3
     assert "line 2" in result.stderr
+
+
+def test_unicode_line_separators_pass_through_byte_identical_in_one_jsonl_line(tmp_path):
+    """NEL, LS and PS are legal unescaped in JSON: a record keeps its bytes, and its line ends at \\n only."""
+    passages = ["a\x85b", "c\u2028d", "e\u2029f", "plain \\ back\\\x85slash"]
+    lines = [orjson.dumps({"query": "q", "passage": p}) for p in passages]
+    bad = '{"query": "q\x85"}'.encode()  # no passage: goes to the errors file, raw line included
+    errors = tmp_path / "errors.jsonl"
+    result = runner.invoke(
+        app,
+        ["score", "-f", "jsonl", "--on-error", "skip", "--errors", str(errors)],
+        input=b"\n".join([*lines, bad]) + b"\n",
+    )
+    assert result.exit_code == 0, result.output
+    out = result.stdout_bytes.split(b"\n")
+    assert out[-1] == b"" and len(out) == len(passages) + 1
+    assert [orjson.loads(line)["passage"] for line in out[:-1]] == passages
+    assert all(o.startswith(i[:-1] + b",") for o, i in zip(out, lines, strict=False))
+    (logged,) = errors.read_bytes().split(b"\n")[:-1]
+    assert orjson.loads(logged)["raw"] == bad.decode()

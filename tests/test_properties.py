@@ -57,7 +57,7 @@ def test_the_cli_never_shows_a_traceback(fake: FakeScorer, data: bytes, on_error
         result = runner.invoke(app, [command, "-f", "jsonl", "--on-error", on_error], input=data)
         assert result.exit_code in (0, 3), result.output
         assert "Traceback" not in result.output and "this is a bug" not in result.stderr
-        for line in result.stdout.splitlines():
+        for line in result.stdout_bytes.splitlines():  # JSONL lines end at \n, not at NEL/LS/PS
             orjson.loads(line)
 
 
