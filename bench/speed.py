@@ -115,9 +115,9 @@ def worker(
         scores = [float(s) for s in scores]
         padding = _sorted_padding(model, pairs, batch_size, max_length, by_chars=False)
     else:
+        from bge_rerank_cli.backends import load_scorer
         from bge_rerank_cli.config import LoaderConfig
         from bge_rerank_cli.engine import JobControl, score_pairs, token_batches
-        from bge_rerank_cli.loader import load_scorer
         from bge_rerank_cli.records import Pair
 
         backend = engine.split("-")[1]
@@ -262,8 +262,8 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="Do not rewrite docs/benchmarks.md.")
     args = parser.parse_args()
     if args.worker == "prepare":  # export once, outside the measured processes (its RAM is not theirs)
+        from bge_rerank_cli.backends.onnx_scorer import load
         from bge_rerank_cli.config import LoaderConfig
-        from bge_rerank_cli.onnx_backend import load
 
         for quantize in args.pairs_file.split(","):
             load(

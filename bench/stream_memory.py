@@ -1,4 +1,4 @@
-"""Memory stays flat however long the input: stream N lines through `bge-rerank score -o FILE`.
+"""Memory stays flat however long the input: stream N lines through the job `bge-rerank score -o FILE` runs.
 
 The model is replaced by a trivial arithmetic scorer (no torch), so what is measured is the
 streaming pipeline itself: reading, parsing, batching, writing, checkpointing. Prints RSS before,
@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bge_rerank_cli.cli import app, common
-from bge_rerank_cli.engine import Encoded
+from bge_rerank_cli import Reranker
+from bge_rerank_cli.backends import Encoded
+from bge_rerank_cli.config import LoaderConfig
 from bge_rerank_cli.records import Pair
 
 
@@ -31,6 +32,11 @@ class ArithmeticScorer:
     batch_size = 32
     batch_tokens = 32 * 512
     fill_tokens = 512
+    config = LoaderConfig(model="arithmetic")
+    device, dtype, load_seconds, max_length, model_limit = "cpu", "fp32", 0.0, 512, 512
+
+    def describe(self) -> dict[str, str]:
+        return {"model": "arithmetic", "backend": "none"}
 
     def encode(self, pairs: Sequence[Pair]) -> list[Encoded]:
         return [Encoded([len(p.query), len(p.passage)]) for p in pairs]
@@ -59,11 +65,7 @@ def write_input(path: Path, lines: int) -> None:
 
 
 def run(path: Path, out: Path) -> None:
-    try:
-        app(["score", str(path), "-o", str(out), "--quiet"], standalone_mode=False)
-    except SystemExit as exc:
-        if exc.code:
-            raise
+    Reranker(scorer=ArithmeticScorer()).score_file(str(path), str(out))  # the job `bge-rerank score` runs
 
 
 def main() -> int:
@@ -72,7 +74,6 @@ def main() -> int:
     )
     parser.add_argument("--lines", type=int, default=1_000_000)
     args = parser.parse_args()
-    common.load_model = lambda config, quiet: ArithmeticScorer()  # type: ignore[assignment]
     with tempfile.TemporaryDirectory() as tmp:
         source, out = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
         write_input(source, 2_000)

@@ -1,36 +1,34 @@
-"""The Python API: the same scoring and reranking the CLI runs.
+"""The Python API: the same scoring, reranking and batch jobs the CLI runs.
 
 from bge_rerank_cli import Reranker
 reranker = Reranker("BAAI/bge-reranker-v2-m3", device="cpu")
 result = reranker.rerank("what is deep learning?", ["Deep learning is ...", "Apples are ..."], top_k=1)
 result.results[0].score
+report = reranker.rerank_file("candidates.jsonl", "reranked.jsonl", top_k=10, resume=True)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .config import (
-    DEFAULT_CHUNK_OVERLAP,
-    DEFAULT_MAX_CHUNKS,
-    DEFAULT_MODEL,
-    LoaderConfig,
-    LongDocs,
-    ScoreOptions,
-)
-from .engine import Scorer, rank_documents, score_pairs
+from .backends import Scorer
+from .config import DEFAULT_CHUNK_OVERLAP, DEFAULT_MAX_CHUNKS, DEFAULT_MODEL, LoaderConfig, ScoreOptions
+from .engine import rank_documents, score_pairs
 from .errors import UsageError
+from .jobs import Job, JsonlSource, Output, Report, RerankTask, ScoreTask, Source, Task, run
 from .records import Document, Pair, RerankResult, Scored
 
 
 class Reranker:
-    """Score pairs and rerank candidates with one cross-encoder.
+    """Score pairs and rerank candidates with one cross-encoder, in memory or as resumable file jobs.
 
     Pass loader options as keywords (``device``, ``dtype``, ``max_length``, ``batch_size``, ``offline``,
-    ``cache_dir``, ``revision``, ``trust_remote_code``), a ready :class:`LoaderConfig`, or a ``scorer``
-    of your own that follows :class:`bge_rerank_cli.engine.Scorer`. Long passages: ``long_docs="chunk"``
-    (with ``chunk_overlap``, ``max_chunks``) scores them by their best window instead of truncating.
+    ``cache_dir``, ``revision``, ``trust_remote_code``, ``backend``, ``quantize``), a ready
+    :class:`LoaderConfig`, or a ``scorer`` of your own that follows :class:`bge_rerank_cli.backends.Scorer`.
+    Long passages: ``long_docs="chunk"`` (with ``chunk_overlap``, ``max_chunks``) scores them by their
+    best window instead of truncating. Errors are :class:`bge_rerank_cli.errors.BgeRerankError`
+    subclasses; wrong arguments raise :class:`~bge_rerank_cli.errors.UsageError`, a ``ValueError``.
     """
 
     def __init__(
@@ -39,7 +37,7 @@ class Reranker:
         *,
         config: LoaderConfig | None = None,
         scorer: Scorer | None = None,
-        long_docs: LongDocs = "truncate",
+        long_docs: str = "truncate",
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
         max_chunks: int = DEFAULT_MAX_CHUNKS,
         **options: Any,
@@ -53,7 +51,7 @@ class Reranker:
     @property
     def scorer(self) -> Scorer:
         if self._scorer is None:
-            from .loader import load_scorer
+            from .backends import load_scorer
 
             self._scorer = load_scorer(self.config)
         return self._scorer
@@ -81,6 +79,60 @@ class Reranker:
         scores = score_pairs(self.scorer, [Pair(query, d.text) for d in docs], options=self.options)
         ranked = rank_documents(docs, scores, top_k=top_k, min_score=min_score)
         return RerankResult(query, ranked, candidates=len(docs))
+
+    def score_file(
+        self,
+        path: str | Source,
+        out: str,
+        *,
+        format: str = "jsonl",
+        resume: bool = False,
+        on_error: str = "fail",
+        errors: str | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Report:
+        """Score a JSONL file of ``{"query", "passage"}`` records into ``out``, as `bge-rerank score` does.
+
+        With JSONL output the job checkpoints as it goes: when ``stop()`` turns true, or the process
+        dies, the same call with ``resume=True`` continues without losing or repeating a record. A
+        :class:`~bge_rerank_cli.jobs.Source` may be given instead of a path (e.g. a TREC run).
+        """
+        return self._run(ScoreTask(self.options), path, out, format, resume, on_error, errors, stop)
+
+    def rerank_file(
+        self,
+        path: str | Source,
+        out: str,
+        *,
+        top_k: int | None = None,
+        min_score: float | None = None,
+        depth: int | None = None,
+        format: str = "jsonl",
+        resume: bool = False,
+        on_error: str = "fail",
+        errors: str | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Report:
+        """Rerank a JSONL file of ``{"query", "documents"}`` records (or a first-stage run given as a
+        :class:`~bge_rerank_cli.jobs.TrecSource`) into ``out``, as `bge-rerank rerank` does; resumable
+        like :meth:`score_file`. ``format`` may also be ``"trec"`` or ``"tsv"``."""
+        task = RerankTask(self.options, top_k, min_score, depth)
+        return self._run(task, path, out, format, resume, on_error, errors, stop)
+
+    def _run(
+        self,
+        task: Task[Any, Any],
+        path: str | Source,
+        out: str,
+        fmt: str,
+        resume: bool,
+        on_error: str,
+        errors: str | None,
+        stop: Callable[[], bool] | None,
+    ) -> Report:
+        source = JsonlSource(path) if isinstance(path, str) else path
+        job = Job(source, task, Output(out, fmt, errors), on_error=on_error, resume=resume)
+        return run(job, lambda: self.scorer, stop=stop)
 
 
 def _document(index: int, doc: str | Mapping[str, Any]) -> Document:

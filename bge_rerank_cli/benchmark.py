@@ -68,7 +68,7 @@ def setup_config(base: LoaderConfig, setup: str) -> LoaderConfig:
     backend, precision = setup.split("-")
     if backend == "onnx":
         return replace(base, backend="onnx", dtype="auto", quantize="int8" if precision == "int8" else "none")
-    return replace(base, backend="torch", dtype=precision, quantize="none")  # type: ignore[arg-type]
+    return replace(base, backend="torch", dtype=precision, quantize="none")
 
 
 def default_setups(device: str) -> list[str]:
@@ -167,8 +167,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def measure(config: LoaderConfig, setup: str, requests: Sequence[Request]) -> Measurement:
     """Run in the child: load, warm up, time the batch job and each request, read peak memory."""
+    from .backends import load_scorer
     from .engine import JobControl, score_pairs
-    from .loader import load_scorer
 
     scorer = load_scorer(config)
     device = getattr(scorer, "device", "cpu")
@@ -227,7 +227,7 @@ def _child() -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if job.get("prepare"):
-            from .loader import load_scorer
+            from .backends import load_scorer
 
             load_scorer(config)
             return 0

@@ -1,20 +1,69 @@
-"""The frozen, picklable description of a scorer: everything the loader needs, nothing else."""
+"""The frozen, picklable description of a scorer and of how pairs become model inputs, with the choices
+each setting takes (as Enums, so every front end lists and validates the same values)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from enum import Enum
+from typing import Any
+
+from .errors import InvalidOption, UsageError, option
 
 DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
 DEFAULT_MAX_LENGTH = 512
 DEFAULT_BATCH_SIZE = 32
+MIN_MAX_LENGTH = 8
 
 DEFAULT_CHUNK_OVERLAP = 64
 DEFAULT_MAX_CHUNKS = 64
 
-Dtype = Literal["auto", "fp32", "fp16", "bf16"]
-LongDocs = Literal["truncate", "chunk"]
-DTYPES: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
+
+class Choice(str, Enum):
+    """A setting with a fixed set of values; members compare equal to their string values."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, name: str, value: Any) -> str:
+        """``value`` as the plain string of one of the members, or an :class:`InvalidOption` for ``name``."""
+        try:
+            return cls(value).value
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise InvalidOption(name, f"must be one of {choices}, got {value!r}.") from None
+
+
+class Dtype(Choice):
+    AUTO = "auto"
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class Backend(Choice):
+    TORCH = "torch"
+    ONNX = "onnx"
+
+
+class Quantize(Choice):
+    NONE = "none"
+    INT8 = "int8"
+
+
+class LongDocs(Choice):
+    TRUNCATE = "truncate"
+    CHUNK = "chunk"
+
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def valid_device(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda", "mps"):
+        return True
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()
 
 
 @dataclass(frozen=True)
@@ -22,13 +71,15 @@ class LoaderConfig:
     """How to load and run one cross-encoder.
 
     ``device`` is ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-    ``dtype`` ``auto`` means fp16 on CUDA and fp32 elsewhere. ``query_max_length`` caps the query's
-    share of ``max_length`` (default three quarters, as FlagEmbedding does); the passage is cut first.
+    ``dtype`` ``auto`` means fp16 on CUDA and fp32 elsewhere. ``max_length`` is what the caller asks
+    for; the backend clamps it to the model's own limit (see ``Scorer.max_length``). ``query_max_length``
+    caps the query's share (default three quarters, as FlagEmbedding does); the passage is cut first.
+    Choice fields accept the Enum members or their string values and are stored as plain strings.
     """
 
     model: str = DEFAULT_MODEL
     device: str = "auto"
-    dtype: Dtype = "auto"
+    dtype: str = "auto"
     max_length: int = DEFAULT_MAX_LENGTH
     query_max_length: int | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -37,43 +88,30 @@ class LoaderConfig:
     cache_dir: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
-    backend: str = "torch"  # torch | onnx
-    quantize: str = "none"  # none | int8 (onnx only)
+    backend: str = "torch"
+    quantize: str = "none"
 
     def __post_init__(self) -> None:
-        from .errors import UsageError
-
-        if self.max_length < 8:
-            raise UsageError(f"--max-length must be at least 8 tokens, got {self.max_length}.")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}.")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
-        if not _valid_device(self.device):
-            raise UsageError(
-                f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.",
+        for name, choice in (("dtype", Dtype), ("backend", Backend), ("quantize", Quantize)):
+            object.__setattr__(self, name, choice.parse(name, getattr(self, name)))
+        if self.max_length < MIN_MAX_LENGTH:
+            raise InvalidOption(
+                "max_length", f"must be at least {MIN_MAX_LENGTH} tokens, got {self.max_length}."
             )
-        if self.backend not in ("torch", "onnx"):
-            raise UsageError(f"--backend must be torch or onnx, got {self.backend!r}.")
-        if self.quantize not in ("none", "int8"):
-            raise UsageError(f"--quantize must be none or int8, got {self.quantize!r}.")
+        if self.batch_size < 1:
+            raise InvalidOption("batch_size", f"must be at least 1, got {self.batch_size}.")
+        if not valid_device(self.device):
+            raise InvalidOption("device", f"must be {DEVICE_CHOICES}, got {self.device!r}.")
         if self.quantize != "none" and self.backend != "onnx":
-            raise UsageError("--quantize int8 needs --backend onnx.")
+            raise UsageError(f"{option('quantize', self.quantize)} needs {option('backend', 'onnx')}.")
         if self.batch_tokens is not None and self.batch_tokens < 1:
-            raise UsageError(f"--batch-tokens must be positive, got {self.batch_tokens}.")
+            raise InvalidOption("batch_tokens", f"must be positive, got {self.batch_tokens}.")
         if self.query_max_length is not None and self.query_max_length < 1:
-            raise UsageError(f"query max length must be positive, got {self.query_max_length}.")
+            raise InvalidOption("query_max_length", f"must be positive, got {self.query_max_length}.")
 
     @property
     def query_cap(self) -> int:
         return self.query_max_length or self.max_length * 3 // 4
-
-
-def _valid_device(device: str) -> bool:
-    if device in ("auto", "cpu", "cuda", "mps"):
-        return True
-    prefix, _, index = device.partition(":")
-    return prefix == "cuda" and index.isdigit()
 
 
 @dataclass(frozen=True)
@@ -85,19 +123,16 @@ class ScoreOptions:
     and keeps the best window's score.
     """
 
-    long_docs: LongDocs = "truncate"
+    long_docs: str = "truncate"
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP
     max_chunks: int = DEFAULT_MAX_CHUNKS
 
     def __post_init__(self) -> None:
-        from .errors import UsageError
-
-        if self.long_docs not in ("truncate", "chunk"):
-            raise UsageError(f"--long-docs must be truncate or chunk, got {self.long_docs!r}.")
+        object.__setattr__(self, "long_docs", LongDocs.parse("long_docs", self.long_docs))
         if self.chunk_overlap < 0:
-            raise UsageError(f"--chunk-overlap must be 0 or more, got {self.chunk_overlap}.")
+            raise InvalidOption("chunk_overlap", f"must be 0 or more, got {self.chunk_overlap}.")
         if self.max_chunks < 1:
-            raise UsageError(f"--max-chunks must be at least 1, got {self.max_chunks}.")
+            raise InvalidOption("max_chunks", f"must be at least 1, got {self.max_chunks}.")
 
 
 def cpu_threads() -> int:

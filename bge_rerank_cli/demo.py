@@ -8,11 +8,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ScoreOptions
+from .backends import Scorer
+from .config import Choice, ScoreOptions
 from .demo_data import DEMO_QUERIES, DemoQuery
-from .engine import Scorer, score_pairs
-from .errors import UsageError
+from .engine import score_pairs
 from .records import Pair, Scored
+
+
+class Lang(Choice):
+    """Which demo examples: Chinese, English or both."""
+
+    ZH = "zh"
+    EN = "en"
+    ALL = "all"
+
 
 _LATIN = re.compile(r"[a-z0-9_]+")
 _CJK_RUN = re.compile(r"[\u3400-\u9fff]+")
@@ -88,8 +97,7 @@ class DemoTimings:
 
 
 def demo_queries(lang: str) -> list[DemoQuery]:
-    if lang not in ("zh", "en", "all"):
-        raise UsageError(f"--lang must be zh, en or all, got {lang!r}.")
+    lang = Lang.parse("lang", lang)
     return [q for q in DEMO_QUERIES if lang in ("all", q.lang)]
 
 

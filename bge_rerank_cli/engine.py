@@ -9,68 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
+from .backends.base import BatchScorer, BatchTooLarge, Encoded
 from .config import ScoreOptions
 from .records import Chunk, Document, Pair, RankedDocument, RerankItem, RerankResult, Scored, ScoreItem
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Encoded:
-    """A tokenised pair ready for the model.
-
-    ``dropped_tokens`` counts passage tokens cut off, ``query_dropped`` query tokens past the query's
-    cap, and ``span`` is the (start, end) character range of the passage a window covers.
-    """
-
-    ids: list[int]
-    type_ids: list[int] | None = None
-    dropped_tokens: int = 0
-    query_dropped: int = 0
-    span: tuple[int, int] | None = None
-
-
-class Scorer(Protocol):
-    """The seam between the engine and a model backend.
-
-    ``batch_tokens`` is the padded-token budget of one forward pass (pairs x longest sequence), and
-    ``fill_tokens`` the real tokens after which a batch stops taking shorter sequences: past it, the
-    padding they would add costs more than a bigger batch gains (small on CPU, large on a GPU).
-    """
-
-    @property
-    def batch_size(self) -> int: ...
-
-    @property
-    def batch_tokens(self) -> int: ...
-
-    @property
-    def fill_tokens(self) -> int: ...
-
-    def encode(self, pairs: Sequence[Pair]) -> list[Encoded]: ...
-
-    def encode_windows(
-        self, pairs: Sequence[Pair], *, overlap: int, max_chunks: int
-    ) -> list[list[Encoded]]: ...
-
-    def logits(self, batch: Sequence[Encoded]) -> list[float]: ...
-
-
 ProgressCallback = Callable[[int], None]
-
-# Real tokens per batch past which a CPU gains nothing from a bigger batch (measured: tokens/s is flat
-# from ~250 tokens per forward pass up), so padding is all that a longer batch would add.
-CPU_FILL_TOKENS = 512
 
 
 class Interrupted(Exception):
-    """Raised between batches when the job was asked to stop; the chunk in progress is abandoned."""
-
-
-class BatchTooLarge(Exception):
-    """A scorer raises this when a batch does not fit in (GPU) memory; the engine splits the batch."""
+    """Raised between batches when the job was asked to stop; the group in progress is abandoned."""
 
 
 @dataclass
@@ -81,7 +33,7 @@ class RunStats:
     unique_pairs: int = 0
     sequences: int = 0  # model inputs: pairs, or windows in chunk mode
     truncated: int = 0
-    chunked: int = 0  # passages split into more than one window
+    windowed: int = 0  # passages split into more than one window
     oom_splits: int = 0  # batches split after running out of memory
     queries: int = 0  # rerank groups
     top1_replaced: int = 0  # groups whose best document was not first in the input
@@ -91,7 +43,7 @@ class RunStats:
         self.unique_pairs += unique
         self.sequences += sequences
         self.truncated += sum(1 for s in scored if s.truncated)
-        self.chunked += sum(1 for s in scored if s.best_chunk is not None and s.best_chunk.count > 1)
+        self.windowed += sum(1 for s in scored if s.best_chunk is not None and s.best_chunk.count > 1)
 
 
 @dataclass
@@ -142,7 +94,7 @@ def token_batches(
 
 
 def score_encoded(
-    scorer: Scorer, encoded: Sequence[Encoded], *, control: JobControl | None = None
+    scorer: BatchScorer, encoded: Sequence[Encoded], *, control: JobControl | None = None
 ) -> list[float]:
     """Logits for token sequences, in input order, batched by :func:`token_batches`.
 
@@ -181,7 +133,7 @@ def _scored(enc: Encoded, logit: float, chunk: Chunk | None = None) -> Scored:
 
 
 def score_pairs(
-    scorer: Scorer,
+    scorer: BatchScorer,
     pairs: Sequence[Pair],
     *,
     options: ScoreOptions | None = None,
@@ -201,7 +153,7 @@ def score_pairs(
     unique = list(dict.fromkeys(pairs))
     results: list[Scored] = []
     sequences = 0
-    step = chunk_budget(scorer)
+    step = group_budget(scorer)
     for start in range(0, len(unique), step):
         part, used = _score_distinct(scorer, unique[start : start + step], options, control)
         results.extend(part)
@@ -213,7 +165,7 @@ def score_pairs(
 
 
 def _score_distinct(
-    scorer: Scorer, pairs: Sequence[Pair], options: ScoreOptions, control: JobControl
+    scorer: BatchScorer, pairs: Sequence[Pair], options: ScoreOptions, control: JobControl
 ) -> tuple[list[Scored], int]:
     if options.long_docs != "chunk":
         encoded = scorer.encode(pairs)
@@ -252,41 +204,42 @@ def rank_documents(
     return tuple(ranked)
 
 
-def chunked(items: Iterable[T], size_of: Callable[[T], int], budget: int) -> Iterator[list[T]]:
-    """Group a stream into lists whose summed ``size_of`` reaches ``budget`` (the last may be smaller)."""
-    chunk: list[T] = []
+def groups(items: Iterable[T], size_of: Callable[[T], int], budget: int) -> Iterator[list[T]]:
+    """A stream of input items cut into groups whose summed ``size_of`` reaches ``budget`` (the last may
+    be smaller). A group is scored, written and checkpointed as one unit."""
+    group: list[T] = []
     total = 0
     for item in items:
-        chunk.append(item)
+        group.append(item)
         total += size_of(item)
         if total >= budget:
-            yield chunk
-            chunk, total = [], 0
-    if chunk:
-        yield chunk
+            yield group
+            group, total = [], 0
+    if group:
+        yield group
 
 
-def chunk_budget(scorer: Scorer) -> int:
+def group_budget(scorer: BatchScorer) -> int:
     """How many pairs to gather before scoring: enough to sort into full batches, small enough to stream."""
     return max(scorer.batch_size * 8, 256)
 
 
 def score_stream(
-    scorer: Scorer,
+    scorer: BatchScorer,
     items: Iterable[ScoreItem],
     *,
     options: ScoreOptions | None = None,
     control: JobControl | None = None,
 ) -> Iterator[list[tuple[ScoreItem, Scored]]]:
-    """Score a stream of pairs chunk by chunk; each yielded chunk is complete and in input order."""
-    for chunk in chunked(items, lambda _: 1, chunk_budget(scorer)):
-        pairs = [item.pair for item in chunk]
+    """Score a stream of pairs group by group; each yielded group is complete and in input order."""
+    for group in groups(items, lambda _: 1, group_budget(scorer)):
+        pairs = [item.pair for item in group]
         scores = score_pairs(scorer, pairs, options=options, control=control)
-        yield list(zip(chunk, scores, strict=True))
+        yield list(zip(group, scores, strict=True))
 
 
 def rerank_stream(
-    scorer: Scorer,
+    scorer: BatchScorer,
     items: Iterable[RerankItem],
     *,
     top_k: int | None = None,
@@ -294,13 +247,13 @@ def rerank_stream(
     options: ScoreOptions | None = None,
     control: JobControl | None = None,
 ) -> Iterator[list[RerankResult]]:
-    """Rerank a stream of queries; several small queries share batches; chunks keep input order."""
+    """Rerank a stream of queries; several small queries share batches; groups keep input order."""
     control = control or JobControl()
-    for chunk in chunked(items, lambda item: max(1, len(item.documents)), chunk_budget(scorer)):
-        pairs = [Pair(item.query, doc.text) for item in chunk for doc in item.documents]
+    for group in groups(items, lambda item: max(1, len(item.documents)), group_budget(scorer)):
+        pairs = [Pair(item.query, doc.text) for item in group for doc in item.documents]
         scores = score_pairs(scorer, pairs, options=options, control=control)
         results, start = [], 0
-        for item in chunk:
+        for item in group:
             mine = scores[start : start + len(item.documents)]
             start += len(item.documents)
             ranked = rank_documents(item.documents, mine, top_k=top_k, min_score=min_score)

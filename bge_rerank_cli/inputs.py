@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import orjson
 
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, option
 from .records import Document, RerankItem, ScoreItem
 
 QUERY_KEY = "query"
@@ -21,16 +22,14 @@ BOM = b"\xef\xbb\xbf"
 T = TypeVar("T")
 
 
+STDIN = "<stdin>"
+
+
 @contextmanager
-def open_input(path: str | None, command: str) -> Iterator[tuple[BinaryIO, str]]:
-    """Open a file argument, or stdin for ``-`` / nothing. Refuses to wait on an interactive terminal."""
+def open_input(path: str | None) -> Iterator[tuple[BinaryIO, str]]:
+    """Open a file, or stdin for ``-`` / ``None``; yields the stream and the name errors use for it."""
     if path is None or path == "-":
-        if path is None and sys.stdin.isatty():
-            raise UsageError(
-                "no input: give a JSONL file, pipe one in, or use inline flags.",
-                hint=f"Example: bge-rerank {command} input.jsonl  (see `bge-rerank {command} --help`).",
-            )
-        yield sys.stdin.buffer, "<stdin>"
+        yield sys.stdin.buffer, STDIN
         return
     file = Path(path)
     if not file.is_file():
@@ -49,22 +48,21 @@ class Rejected:
     blank: bool = False
 
 
-def read_lines(
-    stream: BinaryIO, *, skip_through: int = 0, on_skipped: Callable[[int, bytes], None] | None = None
-) -> Iterator[tuple[int, bytes]]:
-    """``(line_number, bytes)`` without the line end (LF or CRLF) and without a leading UTF-8 BOM.
+def read_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, bytes)`` from 1, without the line end (LF or CRLF) and without a leading UTF-8 BOM.
 
-    Lines up to ``skip_through`` are not returned but handed to ``on_skipped`` (resuming a job).
+    ``lines`` is a binary stream or any iterable of its lines (with or without their ``\\n``): a file
+    read locally and a file that Ray Data read as one block of bytes split the same way.
     """
-    for number, raw in enumerate(stream, start=1):
+    for number, raw in enumerate(lines, start=1):
         if number == 1 and raw.startswith(BOM):
             raw = raw[len(BOM) :]
-        line = raw.rstrip(b"\r\n")
-        if number <= skip_through:
-            if on_skipped is not None:
-                on_skipped(number, line)
-            continue
-        yield number, line
+        yield number, raw.rstrip(b"\r\n")
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """A whole file's bytes as its lines, each with its ``\\n``, as iterating over the open file gives them."""
+    return io.BytesIO(data).readlines()
 
 
 def parse_object(line: bytes, number: int, source: str) -> dict[str, Any]:
@@ -85,23 +83,23 @@ def read_jsonl(stream: BinaryIO, source: str = "<input>") -> Iterator[tuple[int,
             yield number, parse_object(line, number, source)
 
 
-def records(
-    stream: BinaryIO,
-    source: str,
-    parse: Callable[[dict[str, Any], int, str], T],
-    *,
-    skip_through: int = 0,
-    on_skipped: Callable[[int, bytes], None] | None = None,
-) -> Iterator[T | Rejected]:
-    """Every input line becomes a record or a :class:`Rejected` saying why: nothing is lost silently."""
-    for number, line in read_lines(stream, skip_through=skip_through, on_skipped=on_skipped):
-        if not line.strip():
-            yield Rejected(number, "blank line", line, blank=True)
-            continue
-        try:
-            yield parse(parse_object(line, number, source), number, source)
-        except InputError as exc:
-            yield Rejected(number, exc.reason, line)
+Parser = Callable[[dict[str, Any], int, str], T]
+
+
+def parse_line(number: int, line: bytes, source: str, parse: Parser[T]) -> T | Rejected:
+    """One input line as a record, or a :class:`Rejected` saying why: nothing is lost silently."""
+    if not line.strip():
+        return Rejected(number, "blank line", line, blank=True)
+    try:
+        return parse(parse_object(line, number, source), number, source)
+    except InputError as exc:
+        return Rejected(number, exc.reason, line)
+
+
+def records(stream: BinaryIO, source: str, parse: Parser[T]) -> Iterator[T | Rejected]:
+    """Every line of a stream as a record or a :class:`Rejected`, in order."""
+    for number, line in read_lines(stream):
+        yield parse_line(number, line, source, parse)
 
 
 def _text(value: Any, what: str, source: str, line: int) -> str:
@@ -179,34 +177,27 @@ def _query(obj: dict[str, Any], source: str, line: int) -> str:
     return _text(obj[QUERY_KEY], QUERY_KEY, source, line)
 
 
-SkipHook = Callable[[int, bytes], None] | None
-
-
-def score_items(
-    stream: BinaryIO, source: str, *, skip_through: int = 0, on_skipped: SkipHook = None
-) -> Iterator[ScoreItem | Rejected]:
-    return records(stream, source, parse_score_item, skip_through=skip_through, on_skipped=on_skipped)
-
-
-def rerank_items(
-    stream: BinaryIO, source: str, *, skip_through: int = 0, on_skipped: SkipHook = None
-) -> Iterator[RerankItem | Rejected]:
-    return records(stream, source, parse_rerank_item, skip_through=skip_through, on_skipped=on_skipped)
+ARGUMENTS = "<arguments>"
 
 
 def inline_score_items(query: str, passages: Iterable[str]) -> list[ScoreItem]:
-    query = _text(query, "--query", "<arguments>", 0)
-    return [
-        ScoreItem(i, query, _text(p, "--passage", "<arguments>", i), {"query": query, "passage": p})
+    """Pairs given as arguments (one query, its passages), numbered from 1 like input lines."""
+    query = _text(query, "query", ARGUMENTS, 0)
+    items = [
+        ScoreItem(i, query, _text(p, "passage", ARGUMENTS, i), {"query": query, "passage": p})
         for i, p in enumerate(passages, start=1)
     ]
+    if not items:
+        raise UsageError(f"no passages: give {option('passages')} at least one passage.")
+    return items
 
 
 def inline_rerank_item(query: str, documents: Iterable[str]) -> RerankItem:
-    query = _text(query, "--query", "<arguments>", 0)
-    docs = tuple(Document(i, _text(d, "--doc", "<arguments>", 0)) for i, d in enumerate(documents))
+    """One query and its candidates given as arguments: a single item, line 1."""
+    query = _text(query, "query", ARGUMENTS, 0)
+    docs = tuple(Document(i, _text(d, f"documents[{i}]", ARGUMENTS, 0)) for i, d in enumerate(documents))
     if not docs:
-        raise UsageError("no documents: pass -d TEXT (repeatable) or --docs-file FILE.")
+        raise UsageError(f"no documents: give {option('documents')} at least one document.")
     return RerankItem(1, query, docs, {"query": query})
 
 
@@ -214,7 +205,7 @@ def read_docs_file(path: str) -> list[str]:
     """One passage per line; blank lines are skipped."""
     file = Path(path)
     if not file.is_file():
-        raise UsageError(f"--docs-file {path} does not exist or is not a file.")
+        raise UsageError(f"{option('docs_file', path)} does not exist or is not a file.")
     try:
         text = file.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:

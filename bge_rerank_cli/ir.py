@@ -141,16 +141,6 @@ def _json(raw: bytes, path: str | Path, number: int) -> dict[str, Any]:
     return obj
 
 
-def beir_paths(folder: str | Path, split: str) -> tuple[Path, Path, Path]:
-    root = Path(folder)
-    paths = (root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / f"{split}.tsv")
-    for p in paths:
-        if not p.is_file():
-            raise UsageError(f"--beir {folder}: missing {p.relative_to(root)} (a BEIR folder has corpus.jsonl, "
-                             "queries.jsonl and qrels/<split>.tsv).")  # fmt: skip
-    return paths
-
-
 def candidates(run: Run, corpus: Mapping[str, Document], queries: Mapping[str, str]) -> Iterator[RerankItem]:
     """One rerank group per query of the run, documents in first-stage order, with their first-stage rank."""
     for line, (qid, entries) in enumerate(run.items(), start=1):
@@ -259,6 +249,18 @@ def load_candidates(
     return run, list(candidates(run, corpus, read_queries(queries_path)))
 
 
+def first_stage_run(results: Iterable[RerankResult]) -> Run:
+    """The first-stage run that reranked results came from: each query's documents in input order
+    (complete when no ``top_k`` or ``min_score`` cut them)."""
+    return {
+        query_id(result.record, result.line): [
+            RunEntry(doc_id(d.fields, d.index), d.index + 1, float(-d.index - 1))
+            for d in sorted(result.results, key=lambda d: d.index)
+        ]
+        for result in results
+    }
+
+
 def run_from_items(items: Iterable[RerankItem]) -> Run:
     """The first-stage run implied by rerank input: documents in input order."""
     return {
@@ -295,3 +297,35 @@ def read_ranked(path: str | Path) -> Run:
                 for i, r in enumerate(results)
             ]
     return run
+
+
+def compare(
+    qrels: Qrels, before: Run, after: Run, latency: float | None = None, per_query: bool = False
+) -> dict[str, Any]:
+    """Before/after values of :data:`MEASURES`, the top-1 replacement rate and rank shift, as a report."""
+    missing = sorted(set(before) - set(after))
+    if missing:
+        raise UsageError(f"the reranked run lacks {len(missing)} first-stage queries (e.g. {missing[0]}).")
+    before_agg, before_q = measure(qrels, before)
+    after_agg, after_q = measure(qrels, after)
+    changes = rank_changes(before, after)
+    report: dict[str, Any] = {
+        "queries": len(after_q),
+        "measures": {
+            LABELS[m]: {"before": before_agg[m], "after": after_agg[m], "delta": after_agg[m] - before_agg[m]}
+            for m in MEASURES
+        },
+        "top1_replacement_rate": changes.top1_replacement_rate,
+        "top1_replaced": changes.top1_replaced,
+        "mean_abs_rank_shift": changes.mean_abs_shift,
+        "latency_ms_per_query": None if latency is None else latency * 1000,
+    }
+    if per_query:
+        report["per_query"] = {
+            qid: {
+                LABELS[m]: {"before": before_q.get(qid, {}).get(m, 0.0), "after": values.get(m, 0.0)}
+                for m in MEASURES
+            }
+            for qid, values in sorted(after_q.items())
+        }
+    return report

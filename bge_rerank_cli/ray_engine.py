@@ -11,28 +11,26 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-from .config import LoaderConfig, ScoreOptions
-from .errors import BgeRerankError, InputError, UsageError
-from .inputs import BOM, Rejected, parse_object, parse_rerank_item, parse_score_item
+from .config import LoaderConfig
+from .errors import BgeRerankError, InputError, UsageError, option
+from .inputs import Rejected, parse_line, read_lines, split_lines
+from .jobs import Task
+from .outputs import merge
 
 INSTALL_HINT = "pip install 'bge-rerank-cli[ray]'"
-Kind = Literal["score", "rerank"]
 
 
 @dataclass(frozen=True)
 class RayJob:
-    """Everything an actor needs, picklable: what to run and with which model."""
+    """Everything an actor needs, picklable: the task (score or rerank), the model, bad-line policy."""
 
-    kind: Kind
+    task: Task[Any, Any]
     config: LoaderConfig
-    options: ScoreOptions
-    on_error: Literal["fail", "skip"] = "fail"
-    top_k: int | None = None
-    min_score: float | None = None
+    on_error: str = "fail"
 
 
 @dataclass(frozen=True)
@@ -49,50 +47,47 @@ def require_ray() -> Any:
         import ray
         import ray.data
     except ImportError:
-        raise UsageError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+        raise UsageError(
+            f"{option('engine', 'ray')} needs Ray, which is not installed: {INSTALL_HINT}"
+        ) from None
     return ray
 
 
-def split_lines(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """One file (as Ray Data reads it) into its lines, numbered from 1, without line ends or BOM."""
-    data: bytes = row["bytes"]
-    if data.startswith(BOM):
-        data = data[len(BOM) :]
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
+def file_lines(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """One file (as Ray Data reads it) into its numbered lines, split exactly as a local job splits them."""
     return [
-        {"file": row["path"], "line": i, "raw": raw.rstrip(b"\r")} for i, raw in enumerate(lines, start=1)
+        {"file": row["path"], "line": number, "raw": raw}
+        for number, raw in read_lines(split_lines(row["bytes"]))
     ]
 
 
 class ScoreActor:
-    """A Ray Data callable class: loads the model once, then scores batches of input lines."""
+    """A Ray Data callable class: loads the model once, then runs the job's task on batches of lines."""
 
     def __init__(self, job: RayJob) -> None:
-        from .loader import load_scorer
+        from .backends import load_scorer
 
         self.job = job
         self.scorer = load_scorer(job.config)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        parse = parse_score_item if self.job.kind == "score" else parse_rerank_item
-        items, rejected = [], []
+        from .engine import JobControl
+
+        task = self.job.task
+        items, files, rejected = [], [], []
         for file, line, raw in zip(batch["file"], batch["line"], batch["raw"], strict=True):
-            raw_bytes = bytes(raw)
-            if not raw_bytes.strip():
-                rejected.append((str(file), Rejected(int(line), "blank line", raw_bytes, blank=True)))
-                continue
-            try:
-                item = parse(parse_object(raw_bytes, int(line), str(file)), int(line), str(file))
-            except InputError as exc:
-                rejected.append((str(file), Rejected(int(line), exc.reason, raw_bytes)))
-                continue
-            items.append((str(file), item))
+            parsed = parse_line(int(line), bytes(raw), str(file), task.parse)
+            if isinstance(parsed, Rejected):
+                rejected.append((str(file), parsed))
+            else:
+                items.append(parsed)
+                files.append(str(file))
         out: dict[str, list[Any]] = {"kind": [], "json": []}
-        for file, record in self._score(items):
+        rows = [row for group in task.stream(self.scorer, items, JobControl()) for row in group]
+        for file, row in zip(files, rows, strict=True):  # one row per item, in input order
+            record = merge(task.to_json(row), {"line": task.line_of(row), "file": file})
             out["kind"].append("record")
-            out["json"].append(orjson.dumps({**record, "file": file}))
+            out["json"].append(orjson.dumps(record))
         for file, rej in rejected:
             error = {
                 "file": file,
@@ -105,41 +100,6 @@ class ScoreActor:
             out["kind"].append("fatal" if fatal else "error")
             out["json"].append(orjson.dumps(error))
         return out
-
-    def _score(self, items: list[tuple[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-        from .engine import rerank_stream, score_pairs
-        from .outputs import rerank_record, score_record
-
-        files = [file for file, _ in items]
-        if self.job.kind == "score":
-            scored = score_pairs(self.scorer, [item.pair for _, item in items], options=self.job.options)
-            records = [
-                _with_line(score_record(item, s), item.line)
-                for (_, item), s in zip(items, scored, strict=True)
-            ]
-        else:
-            results = [
-                r
-                for chunk in rerank_stream(
-                    self.scorer,
-                    [item for _, item in items],
-                    top_k=self.job.top_k,
-                    min_score=self.job.min_score,
-                    options=self.job.options,
-                )
-                for r in chunk
-            ]
-            records = [_with_line(rerank_record(r), r.line) for r in results]
-        return list(zip(files, records, strict=True))
-
-
-def _with_line(record: dict[str, Any], line: int) -> dict[str, Any]:
-    if "line" in record:
-        record["input_line"] = record.pop("line")
-    if "file" in record:
-        record["input_file"] = record.pop("file")
-    record["line"] = line
-    return record
 
 
 def _jsonl_sink(path: str) -> Any:
@@ -185,7 +145,7 @@ def run(
     started = time.perf_counter()
     # Reading and splitting are light and ask for no CPU, so they are never starved by the actors.
     lines = ray.data.read_binary_files(inputs, include_paths=True, num_cpus=0).flat_map(
-        split_lines, num_cpus=0
+        file_lines, num_cpus=0
     )
     scored = lines.map_batches(
         ScoreActor,

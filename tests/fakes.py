@@ -5,12 +5,19 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
-from bge_rerank_cli.engine import BatchTooLarge, Encoded
+from bge_rerank_cli.backends.base import BatchTooLarge, Encoded
+from bge_rerank_cli.config import LoaderConfig
 from bge_rerank_cli.records import Pair
 
 
 class FakeScorer:
     """Logit = a stable hash of the pair mapped to [-4, 4); token ids are the UTF-8 bytes of the text."""
+
+    device = "cpu"
+    dtype = "fp32"
+    load_seconds = 0.0
+    max_length = 512
+    model_limit = 512
 
     def __init__(
         self,
@@ -28,6 +35,10 @@ class FakeScorer:
         self.widths: list[int] = []
         self.scored: list[Pair] = []
         self._texts: dict[tuple[int, ...], Pair] = {}
+        self.config = LoaderConfig(model="fake", batch_size=batch_size)
+
+    def describe(self) -> dict[str, str]:
+        return {"model": "fake", "device": "cpu", "dtype": "fp32", "backend": "fake"}
 
     @property
     def batch_size(self) -> int:

@@ -61,7 +61,7 @@ def test_bench_reports_a_setup_that_cannot_run_and_goes_on(tiny_xlmr: Path, own_
     missing = runner.invoke(
         app, ["bench", "-m", str(own_cache / "nope"), "--setups", "torch-fp32", "-f", "json"]
     )
-    assert missing.exit_code == 1
+    assert missing.exit_code == 5  # ExitCode.CHECKS_FAILED: a setup that failed
     assert "does not exist" in orjson.loads(missing.stdout)["results"][0]["error"]
 
 

@@ -6,7 +6,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from bge_rerank_cli.cli import app, common
+from bge_rerank_cli.cli import app, console
 from tests.conftest import SAMPLES
 from tests.fakes import FakeScorer
 
@@ -16,7 +16,7 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def fake_model(monkeypatch: pytest.MonkeyPatch) -> FakeScorer:
     scorer = FakeScorer()
-    monkeypatch.setattr(common, "load_model", lambda config, quiet: scorer)
+    monkeypatch.setattr(console, "loader", lambda config, quiet: lambda: scorer)
     return scorer
 
 
@@ -97,7 +97,7 @@ def test_inline_forms():
         (["score", "nope.jsonl"], b"", 2, "nope.jsonl does not exist"),
         (["score", "-q", "only a query"], b"", 2, "needs --query and at least one --passage"),
         (["rerank", "-d", "doc"], b"", 2, "need --query"),
-        (["score", "-f", "xml"], b"", 2, "--format must be one of"),
+        (["score", "-f", "xml"], b"", 2, "--format: 'xml' is not one of 'auto', 'jsonl', 'table', 'chart'"),
         (["score", "--fp16", "--dtype", "bf16"], b"", 2, "contradicts"),
         (["score", "--max-length", "2"], b"", 2, "--max-length must be at least"),
         (["score", "--device", "gpu"], b"", 2, "--device must be"),

@@ -1,14 +1,15 @@
-"""The README stays true to the code."""
+"""The docs stay true to the code."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 from tests.conftest import REPO
 
 
-def test_cli_reference_in_readme_is_fresh():
+def test_cli_reference_is_fresh():
     result = subprocess.run(
         [sys.executable, "-m", "tools.cli_reference", "--check"], capture_output=True, cwd=REPO, timeout=60
     )
@@ -21,3 +22,26 @@ def test_readme_commands_exist():
         assert command in readme
         assert (REPO / command.split()[1]).is_file()
     assert "scripts/test.sh" in (REPO / ".ci" / "run").read_text()
+
+
+def test_readme_is_short_and_its_links_resolve():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(readme.encode()) <= 15_000
+    assert "docs/cli.md" in readme
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(
+            r"\]\(((?:\.\./|docs/)?[\w./-]+\.md)(?:#[\w-]+)?\)", page.read_text(encoding="utf-8")
+        ):
+            assert (page.parent / target).resolve().is_file(), f"{page.name} links to missing {target}"
+
+
+def test_exit_codes_are_documented():
+    from bge_rerank_cli.errors import ExitCode
+
+    errors_doc = (REPO / "docs" / "errors.md").read_text(encoding="utf-8")
+    for code in ExitCode:
+        assert (
+            f"| {int(code)} " in errors_doc
+            or f"{int(code)} /" in errors_doc
+            or f"/ {int(code)}" in errors_doc
+        ), code

@@ -210,7 +210,9 @@ def test_doctor_json_through_the_cli(tmp_path: Path):
     assert {"tensorflow-keras", "cache-location", "cuda", "model-files", "cpu"} <= set(checks)
     assert checks["cache-location"]["status"] == "warn"
     assert "TRANSFORMERS_CACHE" in checks["cache-location"]["finding"]
-    assert report["ok"] is False and result.returncode == 1  # default model not cached, offline
+    assert (
+        report["ok"] is False and result.returncode == 5
+    )  # ExitCode.CHECKS_FAILED; default model not cached, offline
 
 
 def test_doctor_passes_on_a_local_model_with_check_model(tiny_xlmr: Path):

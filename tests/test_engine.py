@@ -8,7 +8,7 @@ from bge_rerank_cli.engine import (
     BatchTooLarge,
     Encoded,
     JobControl,
-    chunked,
+    groups,
     rank_documents,
     rerank_stream,
     score_encoded,
@@ -127,8 +127,8 @@ def test_top_k_and_min_score():
 
 
 def test_chunked_respects_budget():
-    assert list(chunked(range(7), lambda _: 1, 3)) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert list(chunked(["aaaa", "b", "cc"], len, 3)) == [["aaaa"], ["b", "cc"]]
+    assert list(groups(range(7), lambda _: 1, 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(groups(["aaaa", "b", "cc"], len, 3)) == [["aaaa"], ["b", "cc"]]
 
 
 def test_streams_keep_input_order_across_chunks():

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from bge_rerank_cli.errors import InputError
-from bge_rerank_cli.inputs import parse_rerank_item, parse_score_item, read_jsonl, rerank_items, score_items
+from bge_rerank_cli.inputs import parse_rerank_item, parse_score_item, read_jsonl, records
 
 
 def lines(data: bytes) -> list[tuple[int, dict]]:
@@ -94,11 +94,11 @@ def test_rerank_record_errors(record: dict, message: str):
 def test_readers_are_lazy_and_turn_bad_lines_into_rejections():
     """A bad line far down the stream is only reached when the consumer gets there."""
     stream = io.BytesIO(b'{"query": "q", "passage": "p"}\nnot json\n\n{"query": "q"}\n')
-    items = score_items(stream, "s")
+    items = records(stream, "s", parse_score_item)
     assert next(items).passage == "p"
     assert stream.tell() < len(stream.getvalue())
     rest = list(items)
     assert [(r.line, r.blank) for r in rest] == [(2, False), (3, True), (4, False)]
     assert rest[0].reason.startswith("invalid JSON") and rest[0].raw == b"not json"
     assert rest[2].reason.startswith('missing "passage"')
-    assert list(rerank_items(io.BytesIO(b""), "s")) == []
+    assert list(records(io.BytesIO(b""), "s", parse_rerank_item)) == []

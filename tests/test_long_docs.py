@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bge_rerank_cli import Reranker
+from bge_rerank_cli.backends import load_scorer
 from bge_rerank_cli.cli import app
 from bge_rerank_cli.config import LoaderConfig
-from bge_rerank_cli.loader import load_scorer
 from bge_rerank_cli.records import Pair
 
 runner = CliRunner()

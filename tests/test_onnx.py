@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from bge_rerank_cli.backends import load_scorer
+from bge_rerank_cli.backends.onnx_scorer import export_dir
 from bge_rerank_cli.cli import app
 from bge_rerank_cli.config import LoaderConfig
 from bge_rerank_cli.engine import score_pairs
-from bge_rerank_cli.loader import load_scorer
-from bge_rerank_cli.onnx_backend import export_dir
 from bge_rerank_cli.records import Pair
 from tests.conftest import REPO, SAMPLES
 

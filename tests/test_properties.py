@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from bge_rerank_cli.cli import app, common
-from bge_rerank_cli.inputs import Rejected, rerank_items, score_items
+from bge_rerank_cli.cli import app, console
+from bge_rerank_cli.inputs import Rejected, parse_rerank_item, parse_score_item, records
 from bge_rerank_cli.records import RerankItem, ScoreItem
 from tests.fakes import FakeScorer
 
@@ -36,8 +36,8 @@ json_lines = st.lists(
 @given(data=st.one_of(st.binary(max_size=400), json_lines))
 @settings(max_examples=300, deadline=None)
 def test_the_reader_never_raises_on_any_bytes(data: bytes):
-    for reader, kind in ((score_items, ScoreItem), (rerank_items, RerankItem)):
-        out = list(reader(io.BytesIO(data), "fuzz"))
+    for parse, kind in ((parse_score_item, ScoreItem), (parse_rerank_item, RerankItem)):
+        out = list(records(io.BytesIO(data), "fuzz", parse))
         assert all(isinstance(item, kind | Rejected) for item in out)
         lines = [item.line for item in out]
         assert lines == sorted(set(lines))
@@ -46,7 +46,7 @@ def test_the_reader_never_raises_on_any_bytes(data: bytes):
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeScorer:
     scorer = FakeScorer()
-    monkeypatch.setattr(common, "load_model", lambda config, quiet: scorer)
+    monkeypatch.setattr(console, "loader", lambda config, quiet: lambda: scorer)
     return scorer
 
 

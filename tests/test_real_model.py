@@ -8,9 +8,9 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from bge_rerank_cli.backends import load_scorer
 from bge_rerank_cli.cli import app
 from bge_rerank_cli.config import LoaderConfig
-from bge_rerank_cli.loader import load_scorer
 from bge_rerank_cli.records import Pair
 from tests.conftest import SAMPLES, run_cli
 
@@ -259,7 +259,8 @@ def test_half_precision_overflow_is_recomputed_in_fp32(tmp_path: Path):
     import torch
     from transformers import XLMRobertaForSequenceClassification
 
-    from bge_rerank_cli.loader import TorchScorer, _load_cross_encoder
+    from bge_rerank_cli.backends.hf import load_cross_encoder
+    from bge_rerank_cli.backends.torch_scorer import TorchScorer
     from tools.random_model import build_xlmr
 
     path = build_xlmr(tmp_path / "loud")
@@ -273,7 +274,7 @@ def test_half_precision_overflow_is_recomputed_in_fp32(tmp_path: Path):
     expected = reference.logits(reference.encode(pairs))
     assert max(abs(v) for v in expected) > 65504
     config = LoaderConfig(model=str(path), device="cpu", dtype="fp16")
-    half = TorchScorer(config, _load_cross_encoder(config, "cpu", "fp16"), "cpu", "fp16")
+    half = TorchScorer(config, load_cross_encoder(config, "cpu", "fp16"), "cpu", "fp16")
     with torch.inference_mode():
         assert not torch.isfinite(half._forward(half._model, half._features(half.encode(pairs)))).all()
     got = half.logits(half.encode(pairs))
@@ -285,14 +286,15 @@ def test_out_of_memory_on_the_real_model_splits_batches_and_keeps_every_score(ti
     """torch's OutOfMemoryError injected into the real forward pass for batches of more than 2 rows."""
     import torch
 
+    from bge_rerank_cli.backends.hf import load_cross_encoder
+    from bge_rerank_cli.backends.torch_scorer import TorchScorer
     from bge_rerank_cli.engine import JobControl, score_pairs
-    from bge_rerank_cli.loader import TorchScorer, _load_cross_encoder
 
     pairs = [Pair(q, p) for q, p in sample_pairs()] * 2 + [Pair("extra", f"passage {i}") for i in range(9)]
     reference = load_scorer(LoaderConfig(model=str(tiny_xlmr), device="cpu"))
     expected = [s.logit for s in score_pairs(reference, pairs)]
     config = LoaderConfig(model=str(tiny_xlmr), device="cpu", batch_size=64)
-    scorer = TorchScorer(config, _load_cross_encoder(config, "cpu", "fp32"), "cpu", "fp32")
+    scorer = TorchScorer(config, load_cross_encoder(config, "cpu", "fp32"), "cpu", "fp32")
     model, rows_run = scorer._model, []
 
     class SmallMemory(torch.nn.Module):

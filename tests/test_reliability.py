@@ -230,7 +230,7 @@ def test_resume_refuses_when_the_output_does_not_match_the_input(tiny_xlmr: Path
     [
         (["--resume"], "--resume needs -o FILE"),
         (["--resume", "-o", "{tmp}/none.jsonl"], "does not exist; nothing to resume"),
-        (["--on-error", "maybe"], "--on-error must be fail or skip"),
+        (["--on-error", "maybe"], "--on-error: 'maybe' is not one of 'fail', 'skip'"),
     ],
 )
 def test_resume_and_on_error_misuse(tmp_path: Path, args: list[str], message: str):

@@ -11,6 +11,7 @@ from .bench import bench
 from .demo import demo
 from .doctor import doctor
 from .eval import eval_
+from .exits import Group
 from .rerank import rerank
 from .score import score
 
@@ -18,9 +19,11 @@ app = typer.Typer(
     name="bge-rerank",
     help="Rerank retrieval candidates with a cross-encoder (default BAAI/bge-reranker-v2-m3).\n\n"
     "Reads JSONL from a file or stdin; writes JSONL when piped and a table on a terminal.",
+    cls=Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: `[onnx]` in an install hint is text, not markup
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

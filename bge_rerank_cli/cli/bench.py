@@ -13,15 +13,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import LoaderConfig
-from ..errors import InputError, UsageError
-from . import common
+from ..errors import ExitCode, UsageError
 from . import options as opt
+from .console import err_console
+from .exits import reported_errors
 
 if TYPE_CHECKING:
     from ..benchmark import Measurement, Request
 
 
-@common.loader_options(precision=False)
+@opt.loader_options(precision=False)
 def bench(
     config: LoaderConfig,
     input_path: Annotated[
@@ -46,7 +47,7 @@ def bench(
     timeout: Annotated[
         float, typer.Option(help="Seconds each setup may take before it is reported as timed out.")
     ] = 1800.0,
-    fmt: opt.ReportFormat = "auto",
+    fmt: opt.ReportFormatOption = opt.ReportFormat.AUTO,
 ) -> None:
     """Measure pairs/s, latency p50/p95 and peak memory of each precision and backend, side by side.
 
@@ -54,9 +55,9 @@ def bench(
     """
     from ..benchmark import default_setups, demo_requests, machine, run_setups, setup_config
 
-    with common.reported_errors():
-        as_json = common.report_as_json(fmt)
-        from ..loader import resolve_device
+    with reported_errors():
+        as_json = opt.wants_json(fmt)
+        from ..backends.torch_scorer import resolve_device
 
         where = resolve_device(config.device)
         chosen = [s.strip() for s in setups.split(",") if s.strip()] if setups else default_setups(where)
@@ -66,8 +67,8 @@ def bench(
         requests = requests[:limit] if limit else requests
         if not requests:
             raise UsageError("no requests to measure: the input has no lines with documents.")
-        if common.err_console.is_terminal:
-            with common.err_console.status(f"measuring {', '.join(chosen)} …", spinner="dots"):
+        if err_console.is_terminal:
+            with err_console.status(f"measuring {', '.join(chosen)} …", spinner="dots"):
                 results = run_setups(config, chosen, requests, timeout=timeout)
         else:
             results = run_setups(config, chosen, requests, timeout=timeout)
@@ -83,24 +84,16 @@ def bench(
             Console(highlight=False, width=None if sys.stdout.isatty() else 132).print(
                 _table(header, results)
             )
-        if all(r.error is not None for r in results):
-            raise typer.Exit(1)
+        if any(r.error is not None for r in results):
+            raise typer.Exit(ExitCode.CHECKS_FAILED)
 
 
 def _requests(path: str) -> list[Request]:
     from ..benchmark import Request
-    from ..inputs import Rejected, open_input, rerank_items
+    from ..jobs import JsonlSource, RerankTask, read_all
 
-    out: list[Request] = []
-    with open_input(path, "bench") as (stream, source):
-        for item in rerank_items(stream, source):
-            if isinstance(item, Rejected):
-                if item.blank:
-                    continue
-                raise InputError(item.reason, source=source, line=item.line)
-            if item.documents:
-                out.append(Request(item.query, tuple(d.text for d in item.documents)))
-    return out
+    items = read_all(JsonlSource(path), RerankTask())
+    return [Request(item.query, tuple(d.text for d in item.documents)) for item in items]
 
 
 def _table(header: dict[str, Any], results: list[Measurement]) -> Table:

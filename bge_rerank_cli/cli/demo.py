@@ -11,42 +11,41 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import (
-    DEFAULT_CHUNK_OVERLAP,
-    DEFAULT_MAX_CHUNKS,
-    LoaderConfig,
-    ScoreOptions,
-)
-from ..demo import DemoResult, DemoRow, DemoTimings, demo_queries, run_query, timings
-from ..errors import UsageError
-from ..outputs import bar, elide, score_fields
-from . import common
+from ..config import DEFAULT_CHUNK_OVERLAP, DEFAULT_MAX_CHUNKS, Choice, LoaderConfig, LongDocs, ScoreOptions
+from ..demo import DemoResult, DemoRow, DemoTimings, Lang, demo_queries, run_query, timings
+from ..outputs import score_fields
+from . import console as term
 from . import options as opt
+from .exits import reported_errors
+from .views import bar, elide
 
 
-@common.loader_options()
+class DemoFormat(Choice):
+    AUTO = "auto"
+    TABLE = "table"
+    JSONL = "jsonl"
+
+
+@opt.loader_options()
 def demo(
     config: LoaderConfig,
-    lang: Annotated[str, typer.Option(help="Which examples: zh, en or all.")] = "all",
-    long_docs: opt.LongDocs = "truncate",
+    lang: Annotated[Lang, typer.Option(help="Which examples: Chinese, English or all.")] = Lang.ALL,
+    long_docs: opt.LongDocsOption = LongDocs.TRUNCATE,
     chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
     fmt: Annotated[
-        str,
-        typer.Option("--format", "-f", help="auto (table on a terminal, JSONL when piped), table or jsonl."),
-    ] = "auto",
+        DemoFormat, typer.Option("--format", "-f", help="auto: a table on a terminal, JSONL when piped.")
+    ] = DemoFormat.AUTO,
     quiet: opt.Quiet = False,
 ) -> None:
     """Show the keyword trap solved: BM25's order next to the cross-encoder's, with timings.
 
     For each example query, a keyword retriever (BM25) ranks passages that merely share the query's words high; the reranker reads query and passage together and moves the real answer (marked ✔) up. The long-manual examples hide their answer past the first 512 tokens: truncated passages are marked ✂N (tokens lost); with --long-docs chunk the best window is shown (⧉i/n).
     """
-    with common.reported_errors():
-        if fmt not in ("auto", "table", "jsonl"):
-            raise UsageError(f"--format must be auto, table or jsonl, got {fmt!r}.")
+    with reported_errors():
         queries = demo_queries(lang)
-        options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
-        scorer = common.load_model(config, quiet)
+        options = ScoreOptions(long_docs, chunk_overlap, max_chunks)
+        scorer = term.loader(config, quiet)()
         as_json = fmt == "jsonl" or (fmt == "auto" and not sys.stdout.isatty())
         console = Console(highlight=False)
         results = []

@@ -13,13 +13,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import LoaderConfig
-from . import common
+from ..errors import ExitCode
 from . import options as opt
+from .console import err_console
+from .exits import reported_errors
 
 ICONS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
 
 
-@common.loader_options()
+@opt.loader_options()
 def doctor(
     config: LoaderConfig,
     check_model: Annotated[
@@ -29,7 +31,7 @@ def doctor(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the Hub before calling it unreachable.")
     ] = 3.0,
-    fmt: opt.ReportFormat = "auto",
+    fmt: opt.ReportFormatOption = opt.ReportFormat.AUTO,
 ) -> None:
     """Diagnose the install: versions, TensorFlow/Keras conflicts, model cache, Hub access, CUDA, CPU.
 
@@ -37,10 +39,10 @@ def doctor(
     """
     from ..doctor import collect, run_checks
 
-    with common.reported_errors():
-        as_json = common.report_as_json(fmt)
-        if common.err_console.is_terminal:
-            with common.err_console.status("checking …", spinner="dots"):
+    with reported_errors():
+        as_json = opt.wants_json(fmt)
+        if err_console.is_terminal:
+            with err_console.status("checking …", spinner="dots"):
                 results = run_checks(collect(config, check_model=check_model, timeout=timeout))
         else:
             results = run_checks(collect(config, check_model=check_model, timeout=timeout))
@@ -60,4 +62,4 @@ def doctor(
                 table.add_row(ICONS[r.status], r.name, escape(r.finding), escape(r.fix))
             Console(highlight=False).print(table)
         if failed:
-            raise typer.Exit(1)
+            raise typer.Exit(ExitCode.CHECKS_FAILED)

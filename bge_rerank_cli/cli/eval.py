@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import Annotated, Any
 
 import orjson
@@ -11,62 +10,50 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..config import (
-    DEFAULT_CHUNK_OVERLAP,
-    DEFAULT_MAX_CHUNKS,
-    LoaderConfig,
-    ScoreOptions,
-)
-from ..engine import JobControl, rerank_stream
+from ..config import DEFAULT_CHUNK_OVERLAP, DEFAULT_MAX_CHUNKS, LoaderConfig, LongDocs, ScoreOptions
 from ..errors import UsageError
-from ..inputs import open_input, rerank_items
-from ..ir import (
-    LABELS,
-    MEASURES,
-    Run,
-    beir_paths,
-    load_candidates,
-    measure,
-    rank_changes,
-    read_qrels,
-    read_ranked,
-    run_from_items,
-    run_from_results,
-)
-from ..jobs import Intake
-from ..records import RerankItem
-from . import common
+from ..ir import compare, first_stage_run, read_qrels, read_ranked, run_from_items, run_from_results
+from ..jobs import Job, JsonlSource, Output, RerankTask, Source, TrecSource, beir_paths, read_all
+from ..jobs import run as run_job
+from . import console
 from . import options as opt
+from .exits import reported_errors
 
 FIRST = "First stage and judgements"
 
 
-@common.loader_options()
+@opt.loader_options()
 def eval_(
     config: LoaderConfig,
     qrels: Annotated[
         str | None,
-        typer.Option(help="Relevance judgements: TREC qrels or BEIR qrels TSV.", rich_help_panel=FIRST),
+        typer.Option(
+            metavar="FILE", help="Relevance judgements: TREC qrels or BEIR qrels TSV.", rich_help_panel=FIRST
+        ),
     ] = None,
     beir: Annotated[
         str | None,
         typer.Option(
-            help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).", rich_help_panel=FIRST
+            metavar="DIR",
+            help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).",
+            rich_help_panel=FIRST,
         ),
     ] = None,
     split: Annotated[str, typer.Option(help="BEIR qrels split.", rich_help_panel=FIRST)] = "test",
     run: Annotated[
-        str | None, typer.Option("--run", help="First-stage TREC run to rerank.", rich_help_panel=FIRST)
+        str | None,
+        typer.Option("--run", metavar="FILE", help="First-stage TREC run to rerank.", rich_help_panel=FIRST),
     ] = None,
     corpus: Annotated[
-        str | None, typer.Option(help="Corpus (BEIR corpus.jsonl).", rich_help_panel=FIRST)
+        str | None, typer.Option(metavar="FILE", help="Corpus (BEIR corpus.jsonl).", rich_help_panel=FIRST)
     ] = None,
     queries: Annotated[
-        str | None, typer.Option(help="Queries (BEIR queries.jsonl).", rich_help_panel=FIRST)
+        str | None, typer.Option(metavar="FILE", help="Queries (BEIR queries.jsonl).", rich_help_panel=FIRST)
     ] = None,
     candidates: Annotated[
         str | None,
         typer.Option(
+            metavar="FILE",
             help="First stage as rerank JSONL (qid, documents with id), in first-stage order.",
             rich_help_panel=FIRST,
         ),
@@ -76,18 +63,18 @@ def eval_(
     ] = None,
     reranked: Annotated[
         str | None,
-        typer.Option(help="Evaluate this reranked run (TREC or rerank JSONL) instead of running the model."),
+        typer.Option(
+            metavar="FILE",
+            help="Evaluate this reranked run (TREC or rerank JSONL) instead of running the model.",
+        ),
     ] = None,
     per_query: Annotated[
         bool, typer.Option("--per-query", help="Show each query's before/after values.")
     ] = False,
-    long_docs: opt.LongDocs = "truncate",
+    long_docs: opt.LongDocsOption = LongDocs.TRUNCATE,
     chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
-    fmt: Annotated[
-        str,
-        typer.Option("--format", "-f", help="auto (table on a terminal, JSON when piped), table or json."),
-    ] = "auto",
+    fmt: opt.ReportFormatOption = opt.ReportFormat.AUTO,
     quiet: opt.Quiet = False,
 ) -> None:
     """Measure the reranker on judged data: nDCG@10, MRR@10, Recall@10/100 and MAP before and after.
@@ -99,94 +86,50 @@ def eval_(
       bge-rerank eval --beir sample_data/beir-sample --run sample_data/beir-sample/bm25.run
       bge-rerank eval --qrels qrels.txt --run bm25.run --corpus corpus.jsonl --queries queries.jsonl --per-query
     """
-    with common.reported_errors():
-        if fmt not in ("auto", "table", "json"):
-            raise UsageError(f"--format must be auto, table or json, got {fmt!r}.")
+    with reported_errors():
+        task = RerankTask(ScoreOptions(long_docs, chunk_overlap, max_chunks))
         if beir:
-            beir_corpus, beir_queries, beir_qrels = beir_paths(beir, split)
-            corpus, queries, qrels = (
-                corpus or str(beir_corpus),
-                queries or str(beir_queries),
-                qrels or str(beir_qrels),
-            )
+            paths = [str(p) for p in beir_paths(beir, split)]
+            corpus, queries, qrels = corpus or paths[0], queries or paths[1], qrels or paths[2]
         if qrels is None:
             raise UsageError("give --qrels (or --beir DIR with its qrels/<split>.tsv).")
         judgements = read_qrels(qrels)
-        before, items = _first_stage(run, corpus, queries, candidates, depth)
+        source = _first_stage(run, corpus, queries, candidates, depth)
+        if candidates is not None and depth:
+            task = RerankTask(task.options, depth=depth)
         latency = None
         if reranked is not None:
+            before = run_from_items(read_all(source, task))
             after = read_ranked(reranked)
         else:
-            options = ScoreOptions(long_docs, chunk_overlap, max_chunks)  # type: ignore[arg-type]  # validated
-            scorer = common.load_model(config, quiet)
-            started = time.perf_counter()
-            with common.progress(quiet) as advance:
-                control = JobControl(on_progress=advance)
-                results = [
-                    r
-                    for chunk in rerank_stream(scorer, items, options=options, control=control)
-                    for r in chunk
-                ]
-            latency = (time.perf_counter() - started) / max(len(results), 1)
-            after = run_from_results(results)
-        report = _report(judgements, before, after, latency, per_query)
+            with console.progress(quiet) as advance:
+                report = run_job(
+                    Job(source, task, Output(format="rows")), console.loader(config, quiet), progress=advance
+                )
+            results = report.rows or []
+            latency = report.scoring_seconds / max(len(results), 1)
+            before, after = first_stage_run(results), run_from_results(results)
+        summary = compare(judgements, before, after, latency, per_query)
         if fmt == "json" or (fmt == "auto" and not sys.stdout.isatty()):
             sys.stdout.buffer.write(
-                orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+                orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
             )
         else:
-            _render(report, Console(highlight=False))
+            _render(summary, Console(highlight=False))
 
 
 def _first_stage(
     run: str | None, corpus: str | None, queries: str | None, candidates: str | None, depth: int | None
-) -> tuple[Run, list[RerankItem]]:
+) -> Source:
     if run is not None:
         if candidates is not None:
             raise UsageError("give --run or --candidates, not both.")
         if corpus is None or queries is None:
             raise UsageError("--run needs --corpus and --queries (or --beir DIR).")
-        return load_candidates(run, corpus, queries, depth)
+        return TrecSource(run, corpus, queries, depth)
     if candidates is not None:
-        with open_input(candidates, "eval") as (stream, source):
-            intake: Intake[RerankItem] = Intake(
-                rerank_items(stream, source), on_error="fail", errors=None, source=source
-            )
-            items = list(intake)
-            intake.raise_failure()
-        if depth:
-            items = [RerankItem(i.line, i.query, i.documents[:depth], i.record) for i in items]
-        return run_from_items(items), items
+        return JsonlSource(candidates)
     raise UsageError("give the first stage: --run (with --corpus/--queries or --beir) or --candidates.")
-
-
-def _report(qrels: Any, before: Run, after: Run, latency: float | None, per_query: bool) -> dict[str, Any]:
-    missing = sorted(set(before) - set(after))
-    if missing:
-        raise UsageError(f"the reranked run lacks {len(missing)} first-stage queries (e.g. {missing[0]}).")
-    before_agg, before_q = measure(qrels, before)
-    after_agg, after_q = measure(qrels, after)
-    changes = rank_changes(before, after)
-    report: dict[str, Any] = {
-        "queries": len(after_q),
-        "measures": {
-            LABELS[m]: {"before": before_agg[m], "after": after_agg[m], "delta": after_agg[m] - before_agg[m]}
-            for m in MEASURES
-        },
-        "top1_replacement_rate": changes.top1_replacement_rate,
-        "top1_replaced": changes.top1_replaced,
-        "mean_abs_rank_shift": changes.mean_abs_shift,
-        "latency_ms_per_query": None if latency is None else latency * 1000,
-    }
-    if per_query:
-        report["per_query"] = {
-            qid: {
-                LABELS[m]: {"before": before_q.get(qid, {}).get(m, 0.0), "after": values.get(m, 0.0)}
-                for m in MEASURES
-            }
-            for qid, values in sorted(after_q.items())
-        }
-    return report
 
 
 def _render(report: dict[str, Any], console: Console) -> None:

@@ -1,10 +1,73 @@
-"""Options shared by every command, declared once. Each loader option is also an environment variable."""
+"""Options shared by every command, declared once. Each loader option is also an environment variable.
+
+Choice options are Enums, so ``--help`` lists their values and Typer validates them; the loader options
+are added to a command by :func:`loader_options`, which builds one :class:`LoaderConfig` from them.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
+
+from ..config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_MODEL,
+    DEVICE_CHOICES,
+    Backend,
+    Choice,
+    Dtype,
+    LoaderConfig,
+    LongDocs,
+    Quantize,
+    valid_device,
+)
+from ..errors import UsageError
+from ..jobs import OnError
+
+T = TypeVar("T")
+
+
+class Format(Choice):
+    """How results are shown: ``auto`` is a table on a terminal and JSONL when piped or written to a file."""
+
+    AUTO = "auto"
+    JSONL = "jsonl"
+    TABLE = "table"
+    CHART = "chart"
+    TSV = "tsv"
+    TREC = "trec"
+
+
+class ReportFormat(Choice):
+    """How a report command (doctor, bench, eval) prints: a table on a terminal, JSON when piped."""
+
+    AUTO = "auto"
+    TABLE = "table"
+    JSON = "json"
+
+
+def wants_json(fmt: str) -> bool:
+    """For a report command's --format: JSON when asked, or when stdout is not a terminal."""
+    import sys
+
+    return fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+
+
+class Engine(Choice):
+    LOCAL = "local"
+    RAY = "ray"
+
+
+def _device(value: str) -> str:
+    if not valid_device(value):
+        raise typer.BadParameter(f"must be {DEVICE_CHOICES}, got {value!r}.")
+    return value
+
 
 LOADER = "Model"
 OUTPUT = "Output"
@@ -14,6 +77,7 @@ Model = Annotated[
     typer.Option(
         "--model",
         "-m",
+        metavar="ID|DIR",
         envvar="BGE_RERANK_MODEL",
         help="Hugging Face model id or local directory of a cross-encoder.",
         rich_help_panel=LOADER,
@@ -23,7 +87,9 @@ Device = Annotated[
     str,
     typer.Option(
         envvar="BGE_RERANK_DEVICE",
-        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.",
+        parser=_device,
+        metavar="[auto|cpu|cuda|cuda:N|mps]",
+        help="auto: CUDA, then MPS, then CPU.",
         rich_help_panel=LOADER,
     ),
 ]
@@ -37,11 +103,11 @@ Fp16 = Annotated[
         rich_help_panel=LOADER,
     ),
 ]
-Dtype = Annotated[
-    str,
+DtypeOption = Annotated[
+    Dtype,
     typer.Option(
         envvar="BGE_RERANK_DTYPE",
-        help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16. "
+        help="auto: fp16 on CUDA, fp32 elsewhere. "
         "bf16 on the CPU is an explicit opt-in: faster on CPUs with BF16 support, scores shift slightly.",
         rich_help_panel=LOADER,
     ),
@@ -85,6 +151,7 @@ Offline = Annotated[
 CacheDir = Annotated[
     str | None,
     typer.Option(
+        metavar="DIR",
         envvar="BGE_RERANK_CACHE_DIR",
         help="Hugging Face cache directory (default: HF_HUB_CACHE, i.e. ~/.cache/huggingface/hub).",
         rich_help_panel=LOADER,
@@ -93,7 +160,10 @@ CacheDir = Annotated[
 Revision = Annotated[
     str | None,
     typer.Option(
-        envvar="BGE_RERANK_REVISION", help="Model revision (branch, tag or commit).", rich_help_panel=LOADER
+        metavar="REV",
+        envvar="BGE_RERANK_REVISION",
+        help="Model revision (branch, tag or commit).",
+        rich_help_panel=LOADER,
     ),
 ]
 TrustRemoteCode = Annotated[
@@ -106,24 +176,29 @@ TrustRemoteCode = Annotated[
     ),
 ]
 
-Format = Annotated[
-    str,
+FormatOption = Annotated[
+    Format,
     typer.Option(
         "--format",
         "-f",
         envvar="BGE_RERANK_FORMAT",
-        help="auto (table on a terminal, JSONL when piped), jsonl, table, chart or tsv.",
+        help="auto: a table on a terminal, JSONL when piped. chart: score bars. "
+        "trec: qid Q0 docid rank score tag (rerank only).",
         rich_help_panel=OUTPUT,
     ),
 ]
-ReportFormat = Annotated[
-    str,
-    typer.Option("--format", "-f", help="auto (table on a terminal, JSON when piped), table or json."),
+ReportFormatOption = Annotated[
+    ReportFormat,
+    typer.Option("--format", "-f", help="auto: a table on a terminal, JSON when piped."),
 ]
 Output = Annotated[
     str | None,
     typer.Option(
-        "--output", "-o", help="Write results to this file instead of stdout.", rich_help_panel=OUTPUT
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Write results to this file instead of stdout.",
+        rich_help_panel=OUTPUT,
     ),
 ]
 Quiet = Annotated[
@@ -138,8 +213,8 @@ Quiet = Annotated[
 
 LONG = "Long passages"
 
-LongDocs = Annotated[
-    str,
+LongDocsOption = Annotated[
+    LongDocs,
     typer.Option(
         envvar="BGE_RERANK_LONG_DOCS",
         help="truncate: cut passages that do not fit --max-length (flagged in the output). "
@@ -164,8 +239,8 @@ MaxChunks = Annotated[
 
 JOBS = "Long jobs"
 
-OnError = Annotated[
-    str,
+OnErrorOption = Annotated[
+    OnError,
     typer.Option(
         envvar="BGE_RERANK_ON_ERROR",
         help="fail: stop at the first bad input line (exit 3, line number given). "
@@ -177,6 +252,7 @@ ErrorsFile = Annotated[
     str | None,
     typer.Option(
         "--errors",
+        metavar="FILE",
         help='Write each rejected input line here as JSONL {"line", "reason", "raw"}.',
         rich_help_panel=JOBS,
     ),
@@ -192,11 +268,11 @@ Resume = Annotated[
 
 SCALE = "Scale-out (Ray)"
 
-Engine = Annotated[
-    str,
+EngineOption = Annotated[
+    Engine,
     typer.Option(
         envvar="BGE_RERANK_ENGINE",
-        help="local, or ray: run on a Ray cluster with Ray Data (input: files, directories or URIs; -o DIR). "
+        help="ray: run on a Ray cluster with Ray Data (input: files, directories or URIs; -o DIR). "
         "Needs pip install 'bge-rerank-cli[ray]'.",
         rich_help_panel=SCALE,
     ),
@@ -204,6 +280,7 @@ Engine = Annotated[
 RayAddress = Annotated[
     str | None,
     typer.Option(
+        metavar="ADDRESS",
         envvar="RAY_ADDRESS",
         help="Ray cluster to join (auto, or ray://host:port); default: start a local Ray.",
         rich_help_panel=SCALE,
@@ -218,22 +295,88 @@ GpusPerActor = Annotated[
 ]
 CpusPerActor = Annotated[float, typer.Option(help="CPUs per actor.", rich_help_panel=SCALE)]
 
-Backend = Annotated[
-    str,
+BackendOption = Annotated[
+    Backend,
     typer.Option(
         envvar="BGE_RERANK_BACKEND",
-        help="torch, or onnx: export the model once to ONNX (cached under ~/.cache/bge-rerank) and run it with "
+        help="onnx: export the model once to ONNX (cached under ~/.cache/bge-rerank) and run it with "
         "onnxruntime, without importing torch. Needs pip install 'bge-rerank-cli[onnx]'.",
         rich_help_panel=LOADER,
     ),
 ]
-Quantize = Annotated[
-    str,
+QuantizeOption = Annotated[
+    Quantize,
     typer.Option(
         envvar="BGE_RERANK_QUANTIZE",
-        help="none, or int8 (with --backend onnx): dynamic int8 weights, the fastest CPU path; an explicit "
+        help="int8 (with --backend onnx): dynamic int8 weights, the fastest CPU path; an explicit "
         "opt-in, since scores shift (by up to ~0.01 on random weights; real-weight ranking quality is not "
         "measured by us: check yours with bge-rerank eval and bge-rerank bench).",
         rich_help_panel=LOADER,
     ),
 ]
+
+
+PRECISION_OPTIONS = ("fp16", "dtype", "backend", "quantize")
+
+
+def _loader_parameters() -> list[tuple[str, Any, Any]]:
+    return [
+        ("model", Model, DEFAULT_MODEL),
+        ("device", Device, "auto"),
+        ("fp16", Fp16, None),
+        ("dtype", DtypeOption, Dtype.AUTO),
+        ("max_length", MaxLength, DEFAULT_MAX_LENGTH),
+        ("batch_size", BatchSize, DEFAULT_BATCH_SIZE),
+        ("batch_tokens", BatchTokens, None),
+        ("offline", Offline, False),
+        ("cache_dir", CacheDir, None),
+        ("revision", Revision, None),
+        ("trust_remote_code", TrustRemoteCode, False),
+        ("backend", BackendOption, Backend.TORCH),
+        ("quantize", QuantizeOption, Quantize.NONE),
+    ]
+
+
+def build_config(*, fp16: bool | None = None, dtype: str = "auto", **options: Any) -> LoaderConfig:
+    """One :class:`LoaderConfig` from the loader flags; ``--fp16/--no-fp16`` is shorthand for ``--dtype``."""
+    if fp16 is not None:
+        wanted = "fp16" if fp16 else "fp32"
+        if dtype not in ("auto", wanted):
+            raise UsageError(
+                f"--{'no-' if not fp16 else ''}fp16 contradicts --dtype {dtype}; give one of them."
+            )
+        dtype = wanted
+    return LoaderConfig(dtype=dtype, **options)
+
+
+def loader_options(*, precision: bool = True) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Give a command the shared model, device and batching options, declared once.
+
+    The command takes ``config: LoaderConfig`` instead; the options appear in its ``--help`` (panel
+    "Model") and are validated into one config before the command runs. ``precision=False`` leaves out
+    --fp16/--dtype/--backend/--quantize, for a command that chooses those itself.
+    """
+    from .exits import reported_errors
+
+    def decorate(command: Callable[..., T]) -> Callable[..., T]:
+        shared = [p for p in _loader_parameters() if precision or p[0] not in PRECISION_OPTIONS]
+        names = [name for name, _, _ in shared]
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "config"]
+        extra = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+            for n, a, d in shared
+        ]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> T:
+            values = {name: kwargs.pop(name) for name in names}
+            with reported_errors():
+                config = build_config(**values)
+            return command(config=config, **kwargs)
+
+        params = own + extra
+        wrapper.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate

@@ -424,9 +424,9 @@ def nvidia_driver() -> str | None:
 
 
 def run_model_check(config: LoaderConfig) -> ModelCheck:
+    from ..backends import load_scorer
     from ..engine import score_pairs
     from ..errors import BgeRerankError
-    from ..loader import load_scorer
     from ..records import Pair
 
     try:

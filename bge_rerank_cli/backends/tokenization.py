@@ -6,14 +6,15 @@ first (FlagEmbedding's rule), or, in window mode, split into overlapping windows
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .engine import CPU_FILL_TOKENS, Encoded
-from .records import Pair
+from ..config import LoaderConfig
+from ..records import Pair
+from .base import CPU_FILL_TOKENS, Encoded
 
-if TYPE_CHECKING:
-    from .config import LoaderConfig
+log = logging.getLogger("bge_rerank_cli")
 
 
 class PairTokenizer:
@@ -105,15 +106,36 @@ def _span(window: Any) -> tuple[int, int]:
 
 
 class TokenizedScorer:
-    """What every backend's scorer shares: batch limits and tokenisation through a :class:`PairTokenizer`.
+    """What every backend's scorer shares: the effective length, batch limits and tokenisation.
 
-    A backend sets ``config``, ``max_length`` (the model's limit applied) and ``pairs``, and adds
-    ``logits``; ``fill_tokens`` is the CPU's unless the backend runs elsewhere.
+    A backend calls :meth:`_setup` with its model's tokenizer and token limit, and adds ``logits`` and
+    ``describe``. The caller's ``max_length`` is clamped to the model's limit here, and only here.
     """
 
     config: LoaderConfig
+    device: str = "cpu"
+    dtype: str = "fp32"
+    load_seconds: float = 0.0
     max_length: int
+    model_limit: int
     pairs: PairTokenizer
+
+    def _setup(self, config: LoaderConfig, tokenizer_json: str, *, model_limit: int, pad_id: int,
+               use_type_ids: bool) -> None:  # fmt: skip
+        self.config = config
+        self.model_limit = model_limit
+        self.max_length = effective_max_length(config, model_limit)
+        self.pairs = PairTokenizer(
+            tokenizer_json,
+            max_length=self.max_length,
+            query_cap=config.query_cap,
+            pad_id=pad_id,
+            use_type_ids=use_type_ids,
+        )
+
+    @property
+    def query_cap(self) -> int:
+        return self.pairs.query_cap
 
     @property
     def batch_size(self) -> int:
@@ -132,3 +154,16 @@ class TokenizedScorer:
 
     def encode_windows(self, pairs: Sequence[Pair], *, overlap: int, max_chunks: int) -> list[list[Encoded]]:
         return self.pairs.encode_windows(pairs, overlap=overlap, max_chunks=max_chunks)
+
+
+def effective_max_length(config: LoaderConfig, model_limit: int) -> int:
+    """The tokens per pair a scorer uses: the requested length, or the model's limit when that is lower."""
+    if config.max_length <= model_limit:
+        return config.max_length
+    log.warning(
+        "max length %d is more than %s accepts; using its limit, %d tokens.",
+        config.max_length,
+        config.model,
+        model_limit,
+    )
+    return model_limit

@@ -2,8 +2,8 @@
 
 Exports live in a cache of our own, keyed by model, revision and options, never inside the Hugging
 Face snapshot folders: ``$BGE_RERANK_CACHE`` or ``~/.cache/bge-rerank/onnx/<key>/`` holds
-``model.onnx`` with one external-data file, ``tokenizer.json`` and ``meta.json``. With ``--quantize
-int8`` the weights are quantised by onnxruntime's ``quantize_dynamic``. A cache hit imports only
+``model.onnx`` with one external-data file, ``tokenizer.json`` and ``meta.json``. With ``quantize=
+"int8"`` the weights are quantised by onnxruntime's ``quantize_dynamic``. A cache hit imports only
 onnxruntime, numpy and tokenizers.
 """
 
@@ -22,10 +22,11 @@ from typing import Any
 
 import orjson
 
-from .config import LoaderConfig, cpu_threads
-from .engine import Encoded
-from .errors import ModelError, UsageError
-from .tokenization import PairTokenizer, TokenizedScorer
+from ..config import LoaderConfig, cpu_threads
+from ..errors import ModelError, UsageError, option
+from .base import Encoded
+from .hf import load_cross_encoder, tokenizer_facts
+from .tokenization import TokenizedScorer
 
 log = logging.getLogger("bge_rerank_cli")
 INSTALL_HINT = "pip install 'bge-rerank-cli[onnx]'"
@@ -60,21 +61,17 @@ class OnnxScorer(TokenizedScorer):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise UsageError(f"--backend onnx needs onnxruntime: {INSTALL_HINT}") from None
+            raise UsageError(f"{option('backend', 'onnx')} needs onnxruntime: {INSTALL_HINT}") from None
         meta = orjson.loads((folder / "meta.json").read_bytes())
-        self.config = config
-        self.device = "cpu"
-        self.dtype = "int8" if config.quantize == "int8" else "fp32"
-        self.load_seconds = 0.0
-        self.model_limit = int(meta["model_limit"])
-        self.max_length = min(config.max_length, self.model_limit)
-        self.pairs = PairTokenizer(
+        self._setup(
+            config,
             (folder / "tokenizer.json").read_text(encoding="utf-8"),
-            max_length=self.max_length,
-            query_cap=config.query_cap,
+            model_limit=int(meta["model_limit"]),
             pad_id=int(meta["pad_id"]),
             use_type_ids=bool(meta["use_type_ids"]),
         )
+        self.device = "cpu"
+        self.dtype = "int8" if config.quantize == "int8" else "fp32"
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = cpu_threads()
@@ -106,7 +103,9 @@ class OnnxScorer(TokenizedScorer):
         (out,) = self._session.run(["logits"], feeds)
         values = out[:, 0].astype("float64")
         if not np.isfinite(values).all():
-            raise ModelError("the ONNX model produced non-finite scores.", hint="Rerun with --backend torch.")
+            raise ModelError(
+                "the ONNX model produced non-finite scores.", hint=f"Rerun with {option('backend', 'torch')}."
+            )
         return [float(v) for v in values]
 
 
@@ -123,18 +122,17 @@ def export(config: LoaderConfig, folder: Path) -> None:
         import onnx
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise UsageError(f"--backend onnx needs onnx and onnxruntime: {INSTALL_HINT}") from None
+        raise UsageError(f"{option('backend', 'onnx')} needs onnx and onnxruntime: {INSTALL_HINT}") from None
     import torch
 
-    from .loader import _load_cross_encoder, _model_token_limit
-
     log.warning("exporting %s to ONNX once (cached in %s); this can take a minute.", config.model, folder)
-    ce = _load_cross_encoder(config, "cpu", "fp32")
+    ce = load_cross_encoder(config, "cpu", "fp32")
+    facts = tokenizer_facts(ce)
     transformer = ce[0]
-    model, tokenizer = transformer.model, transformer.tokenizer
+    model = transformer.model
     with contextlib.suppress(Exception):  # plain MatMul/Softmax attention: what onnxruntime fuses
         model.set_attn_implementation("eager")
-    use_types = "token_type_ids" in tokenizer.model_input_names
+    use_types = bool(facts["use_type_ids"])
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if use_types else [])
 
     class Logits(torch.nn.Module):
@@ -164,14 +162,14 @@ def export(config: LoaderConfig, folder: Path) -> None:
     with contextlib.redirect_stdout(sys.stderr):  # the exporter prints progress; stdout is for data
         _export(torch, (TypedLogits if use_types else Logits)(model.eval()), sample, raw, names, dynamic)
     _finish_export(onnx, config, tmp, raw)
-    (tmp / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
+    (tmp / "tokenizer.json").write_text(facts["tokenizer_json"], encoding="utf-8")
     meta = {
         "model": config.model,
         "revision": config.revision,
         "quantize": config.quantize,
-        "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        "use_type_ids": use_types,
-        "model_limit": _model_token_limit(model.config, tokenizer),
+        "pad_id": facts["pad_id"],
+        "use_type_ids": facts["use_type_ids"],
+        "model_limit": facts["model_limit"],
         "version": FORMAT_VERSION,
     }
     (tmp / "meta.json").write_bytes(orjson.dumps(meta))

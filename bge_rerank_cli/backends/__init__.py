@@ -1,0 +1,35 @@
+"""Model backends behind one seam: :func:`load_scorer` turns a :class:`LoaderConfig` into a :class:`Scorer`.
+
+``base`` (the protocol and what it exchanges), ``tokenization`` (pairs to token ids, the length clamp),
+``hf`` (Hugging Face loading and its errors), ``torch_scorer`` and ``onnx_scorer``. Importing this
+package imports neither torch nor onnxruntime; loading a model does, for the backend it needs.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from ..config import LoaderConfig
+from .base import BatchScorer, BatchTooLarge, Encoded, Scorer
+
+__all__ = ["BatchScorer", "BatchTooLarge", "Encoded", "Scorer", "load_scorer"]
+
+
+@functools.lru_cache(maxsize=4)
+def load_scorer(config: LoaderConfig) -> Scorer:
+    """Load the model ``config`` names (once per process and config) and return a ready scorer."""
+    from .hf import quiet_libraries
+
+    quiet_libraries()
+    started = time.perf_counter()
+    if config.backend == "onnx":
+        from . import onnx_scorer
+
+        scorer: Scorer = onnx_scorer.load(config)
+    else:
+        from . import torch_scorer
+
+        scorer = torch_scorer.load(config)
+    scorer.load_seconds = time.perf_counter() - started
+    return scorer

@@ -1,0 +1,155 @@
+"""What `score` and `rerank` share: their output flags made into a job, the job run, the report shown.
+
+The work itself (intake, scoring, writing, checkpoints, resume) is the library's
+:func:`bge_rerank_cli.jobs.run`; this module parses, calls and renders.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from ..config import LoaderConfig
+from ..errors import UsageError
+from ..jobs import Job, JsonlSource, Output, Report, Source, StopSwitch, Task, run
+from . import console as term
+from .exits import flag_name
+
+
+@dataclass(frozen=True)
+class OutputFlags:
+    """The output and long-job flags as given on the command line."""
+
+    fmt: str
+    output: str | None
+    errors: str | None
+    on_error: str
+    resume: bool
+    quiet: bool
+
+
+def resolve_format(fmt: str, output: str | None) -> str:
+    """``auto`` is a table on an interactive terminal and JSONL everywhere else (pipes, files)."""
+    if fmt != "auto":
+        return str(fmt)
+    return "table" if output in (None, "-") and sys.stdout.isatty() else "jsonl"
+
+
+Render = Callable[[list[Any], Console, bool], None]
+
+
+def run_batch(
+    config: LoaderConfig, flags: OutputFlags, source: Source, task: Task[Any, Any], render: Render
+) -> None:
+    """Run one score/rerank job from the command line: stream it, or gather it for a table or chart."""
+    fmt = resolve_format(flags.fmt, flags.output)
+    view = fmt in ("table", "chart")
+    if view and flags.resume:
+        raise UsageError("--resume works with JSONL output (--format jsonl).")
+    job = Job(
+        source,
+        task,
+        Output(None if view else flags.output, "rows" if view else fmt, flags.errors),
+        on_error=flags.on_error,
+        resume=flags.resume,
+    )
+    switch = StopSwitch()
+    with ExitStack() as stack:
+        stack.enter_context(switch.installed())
+        advance = stack.enter_context(term.progress(flags.quiet))
+        report = run(job, term.loader(config, flags.quiet), stop=switch, progress=advance)
+    if view and report.rows is not None:
+        _render(report.rows, flags.output, render, fmt == "chart")
+    if report.stopped:
+        _stopped(report, switch, job)
+    if not flags.quiet:
+        summarise(report, config)
+
+
+def _render(rows: list[Any], output: str | None, render: Render, chart: bool) -> None:
+    if output in (None, "-"):
+        render(rows, Console(highlight=False), chart)
+        return
+    try:
+        with open(str(output), "w", encoding="utf-8") as handle:
+            render(rows, Console(file=handle, highlight=False), chart)
+    except OSError as exc:
+        raise UsageError(f"cannot write -o {output}: {exc.strerror}.") from None
+
+
+def _stopped(report: Report, switch: StopSwitch, job: Job) -> None:
+    name = "SIGTERM" if switch.exit_code == 143 else "SIGINT"
+    where = f"in {report.output}" if report.output else "on stdout"
+    term.say(
+        f"[yellow]stopped[/] by {name} after {report.seconds:.1f}s: {report.written} records {where}, "
+        f"input accounted for up to line {report.last_line}."
+    )
+    if report.output and job.output.format == "jsonl":
+        argv = [a for a in sys.argv[1:] if a != "--resume"]
+        term.say(f"resume with: {shlex.join(['bge-rerank', *argv, '--resume'])}")
+    raise typer.Exit(switch.exit_code)
+
+
+def summarise(report: Report, config: LoaderConfig) -> None:
+    """The end-of-job lines on stderr: counts, speed, top-1 replacement, truncation advice."""
+    if report.accepted == 0 and not report.skipped and not report.resumed_after:
+        lines = f" ({report.read} blank lines)" if report.read else ""
+        term.say(f"[yellow]warning:[/] no records in the input{lines}; nothing to do.")
+        return
+    parts = [f"read {report.read} lines", f"wrote {report.written} {report.unit}"]
+    if report.skipped:
+        parts.append(f"skipped {report.skipped}" + (f" (see {report.errors})" if report.errors else ""))
+    if report.blank:
+        parts.append(f"{report.blank} blank")
+    line = ", ".join(parts) + f" in {report.seconds:.1f}s"
+    stats = report.stats
+    if stats.pairs:
+        line += f"; {stats.pairs} pairs scored at {report.pairs_per_second:.1f}/s"
+        if stats.unique_pairs < stats.pairs:
+            line += f", {stats.pairs - stats.unique_pairs} duplicates scored once"
+        if stats.windowed:
+            line += f", {stats.windowed} long passages in {stats.sequences} windows"
+    if report.max_length is not None and report.max_length != config.max_length:
+        line += f"; max length {report.max_length} (the model's limit)"
+    term.say(f"[dim]{line}[/]")
+    if report.top1_replacement_rate is not None:
+        term.say(
+            f"[dim]top-1 replaced in {stats.top1_replaced} of {stats.queries} queries "
+            f"({report.top1_replacement_rate:.0%}); latency {report.ms_per_query:.0f} ms/query[/]"
+        )
+    if stats.truncated:
+        term.say(truncation_advice(report))
+
+
+def truncation_advice(report: Report) -> str:
+    stats = report.stats
+    share = stats.truncated / max(stats.pairs, 1)
+    length = report.max_length
+    if report.options.long_docs == "chunk":
+        advice = "raise --max-length or --max-chunks"
+    elif length is not None and report.model_limit is not None and length < report.model_limit:
+        advice = f"raise --max-length ({report.scorer.get('model', 'the model')} takes up to {report.model_limit}) or use --long-docs chunk"
+    else:
+        advice = "use --long-docs chunk (the model takes no more tokens)"
+    level = "warning" if share >= 0.05 else "note"
+    return (
+        f"[yellow]{level}:[/] {stats.truncated} of {stats.pairs} pairs ({share:.0%}) did not fit "
+        f"{flag_name('max_length', length)} and lost tokens (see truncated/dropped_tokens); {advice}."
+    )
+
+
+def jsonl_source(path: str | None, command: str) -> JsonlSource:
+    """The input file, or stdin; refuses to wait on an interactive terminal with nothing piped in."""
+    if path is None and sys.stdin.isatty():
+        raise UsageError(
+            "no input: give a JSONL file, pipe one in, or use inline flags.",
+            hint=f"Example: bge-rerank {command} input.jsonl  (see `bge-rerank {command} --help`).",
+        )
+    return JsonlSource(path)
