@@ -399,3 +399,20 @@ def test_help_lists_choices_and_keeps_install_hints():
                     "<auto|fp32|fp16|bf16>", "<torch|onnx>", "<none|int8>", "[auto|cpu|cuda|cuda:N|mps]"):  # fmt: skip
         assert choices in text, choices
     assert "pip install 'bge-rerank-cli[ray]'" in text and "pip install 'bge-rerank-cli[onnx]'" in text
+
+
+def test_depth_limits_candidates_for_any_input(tiny_xlmr: Path):
+    line = orjson.dumps({"query": "json", "documents": ["a json file", "read json", "csv", "xml", "yaml"]})
+    result = invoke(["rerank", "-m", str(tiny_xlmr), "-f", "jsonl", "--depth", "2"], line + b"\n")
+    assert result.exit_code == 0, result.output
+    (row,) = jsonl(result.stdout_bytes)
+    assert sorted(d["index"] for d in row["results"]) == [0, 1]
+
+
+def test_a_job_stopped_before_its_first_group_is_resumable(tiny_xlmr: Path, tmp_path: Path):
+    reranker = Reranker(str(tiny_xlmr), device="cpu")
+    out = tmp_path / "out.jsonl"
+    stopped = reranker.score_file(str(SAMPLES / "pairs.jsonl"), str(out), stop=lambda: True)
+    assert stopped.stopped and stopped.written == 0 and Checkpoint.path_for(str(out)).exists()
+    resumed = reranker.score_file(str(SAMPLES / "pairs.jsonl"), str(out), resume=True)
+    assert resumed.written == 10 and len(jsonl(out.read_bytes())) == 10

@@ -57,3 +57,40 @@ def test_interactive_stdin_without_input_prints_usage_instead_of_hanging(command
         os.close(follower)
     assert result.returncode == 2
     assert f"bge-rerank {command} input.jsonl".encode() in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "chart", "jsonl", "tsv"])
+def test_a_closed_pipe_ends_with_sigpipe_status_in_every_format(tiny_xlmr, tmp_path, fmt: str):
+    """`bge-rerank rerank ... | head -1`: exit 141 (as SIGPIPE ends shell tools), never 1, no traceback."""
+    import orjson
+
+    source = tmp_path / "many.jsonl"
+    line = {
+        "query": "how do I read json",
+        "documents": [f"json.load reads file number {i}" for i in range(8)],
+    }
+    source.write_bytes(b"".join(orjson.dumps({**line, "qid": str(q)}) + b"\n" for q in range(400)))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bge_rerank_cli",
+            "rerank",
+            str(source),
+            "-m",
+            str(tiny_xlmr),
+            "-f",
+            fmt,
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80"},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, stderr.decode()
+    assert b"Traceback" not in stderr

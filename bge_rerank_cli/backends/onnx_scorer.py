@@ -1,4 +1,5 @@
-"""The ONNX Runtime backend: export once per model (torch, dynamo exporter), then score without torch.
+"""The ONNX Runtime backend: export once per model (torch's TorchScript exporter, dynamo as a fallback),
+then score without torch.
 
 Exports live in a cache of our own, keyed by model, revision and options, never inside the Hugging
 Face snapshot folders: ``$BGE_RERANK_CACHE`` or ``~/.cache/bge-rerank/onnx/<key>/`` holds

@@ -75,11 +75,11 @@ def run_batch(
 
 def _render(rows: list[Any], output: str | None, render: Render, chart: bool) -> None:
     if output in (None, "-"):
-        render(rows, Console(highlight=False), chart)
+        render(rows, term.out_console(), chart)
         return
     try:
         with open(str(output), "w", encoding="utf-8") as handle:
-            render(rows, Console(file=handle, highlight=False), chart)
+            render(rows, term.out_console(file=handle), chart)
     except OSError as exc:
         raise UsageError(f"cannot write -o {output}: {exc.strerror}.") from None
 

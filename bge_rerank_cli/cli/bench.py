@@ -8,14 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..config import LoaderConfig
 from ..errors import ExitCode, UsageError
 from . import options as opt
-from .console import err_console
+from .console import err_console, out_console
 from .exits import reported_errors
 
 if TYPE_CHECKING:
@@ -81,9 +80,7 @@ def bench(
                 )
             )
         else:
-            Console(highlight=False, width=None if sys.stdout.isatty() else 132).print(
-                _table(header, results)
-            )
+            out_console(width=None if sys.stdout.isatty() else 132).print(_table(header, results))
         if any(r.error is not None for r in results):
             raise typer.Exit(ExitCode.CHECKS_FAILED)
 

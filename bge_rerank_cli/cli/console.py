@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -16,6 +16,18 @@ if TYPE_CHECKING:
     from ..config import LoaderConfig
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class DataConsole(Console):
+    """A console for what a command prints on stdout (tables, charts, reports). A closed pipe (`| head`)
+    raises BrokenPipeError for the command to end with SIGPIPE's status, where Rich would exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
+def out_console(**options: Any) -> Console:
+    return DataConsole(highlight=False, **options)
 
 
 def say(message: str) -> None:

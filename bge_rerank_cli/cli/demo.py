@@ -47,7 +47,7 @@ def demo(
         options = ScoreOptions(long_docs, chunk_overlap, max_chunks)
         scorer = term.loader(config, quiet)()
         as_json = fmt == "jsonl" or (fmt == "auto" and not sys.stdout.isatty())
-        console = Console(highlight=False)
+        console = term.out_console()
         results = []
         for query in queries:
             result = run_query(scorer, query, options)

@@ -8,14 +8,13 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..config import LoaderConfig
 from ..errors import ExitCode
 from . import options as opt
-from .console import err_console
+from .console import err_console, out_console
 from .exits import reported_errors
 
 ICONS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
@@ -60,6 +59,6 @@ def doctor(
             table.add_column("fix", ratio=2)
             for r in results:
                 table.add_row(ICONS[r.status], r.name, escape(r.finding), escape(r.fix))
-            Console(highlight=False).print(table)
+            out_console().print(table)
         if failed:
             raise typer.Exit(ExitCode.CHECKS_FAILED)

@@ -115,7 +115,7 @@ def eval_(
                 orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
             )
         else:
-            _render(summary, Console(highlight=False))
+            _render(summary, console.out_console())
 
 
 def _first_stage(

@@ -161,14 +161,16 @@ def run(
                 Checkpoint.remove(str(output.path))
             return _finish(report, intake, started)
         scorer = load()
+        checkpointed = output.to_file and output.format == "jsonl"
         report.load_seconds, report.scorer = scorer.load_seconds, scorer.describe()
         report.max_length, report.model_limit = scorer.max_length, scorer.model_limit
+        if checkpointed and checkpoint is None:  # resumable from here on, even if stopped before a group
+            Checkpoint(input=job.source.name).save(str(output.path))
         scoring_started = time.perf_counter()
         control = JobControl(stats=report.stats, on_progress=progress, should_stop=stop)
         ckpt = checkpoint or Checkpoint(input=job.source.name)
         base = Checkpoint(input=job.source.name, skipped=ckpt.skipped, blank=ckpt.blank)
         write = _writer(output.format, out, job.task, report)
-        checkpointed = output.to_file and output.format == "jsonl"
         try:
             for group in job.task.stream(scorer, _chain(first, items), control):
                 for row in group:
