@@ -14,6 +14,12 @@ and max |Δscore| (sigmoid) against fp32 torch, and writes docs/benchmarks.md.
     python bench/speed.py --quick                  # scaled-down model, < 2 minutes once set up
     python bench/speed.py --pairs 64 --rounds 2    # full-size architecture (~20 minutes on 2 cores)
     python bench/speed.py --device cuda            # the GPU set: fp16/bf16 against FlagReranker fp16
+    python bench/speed.py --device cuda --pairs 2000 --passage-tokens 100-512 --repeats 0 --batch-size 64
+                                                   # <=512-token passages, like the published GPU figures
+    bash bench/gpu.sh                              # both GPU runs, as made on a lent GPU machine
+
+On a machine without network (no venv can be built for FlagEmbedding) pass --flag-python PYTHON, e.g.
+--flag-python current: FlagEmbedding is then imported by that interpreter (it must import there).
 """
 
 from __future__ import annotations
@@ -61,27 +67,42 @@ def model_dir(quick: bool) -> Path:
     return path
 
 
-def workload(pairs: int, seed: int = 7) -> list[tuple[str, str]]:
-    """Queries of 5-40 words, passages of 20-1000 words (one token each in our vocabulary), ~10% repeats."""
+def workload(
+    pairs: int, seed: int = 7, passage_tokens: tuple[int, int] | None = None, repeats: float = 0.1
+) -> list[tuple[str, str]]:
+    """Queries of 5-40 words, passages of 20-1000 words (one token each in our vocabulary), ~10% repeats.
+
+    ``passage_tokens=(lo, hi)`` draws passage lengths uniformly from lo..hi words instead; ``repeats`` is
+    the share of pairs that repeat an earlier one (the defaults give the same workload as always)."""
     from tools.random_model import _WORDS
 
     rng = random.Random(seed)
     out: list[tuple[str, str]] = []
     while len(out) < pairs:
-        if out and rng.random() < 0.1:
+        if out and rng.random() < repeats:
             out.append(rng.choice(out))
             continue
         q = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 40)))
-        n = int(min(1000, max(20, rng.lognormvariate(5.0, 0.8))))
+        if passage_tokens is None:
+            n = int(min(1000, max(20, rng.lognormvariate(5.0, 0.8))))
+        else:
+            n = rng.randint(*passage_tokens)
         out.append((q, " ".join(rng.choice(_WORDS) for _ in range(n))))
     return out
 
 
 def worker(
-    engine: str, model: str, pairs_file: str, batch_size: int, max_length: int, device: str
+    engine: str,
+    model: str,
+    pairs_file: str,
+    batch_size: int,
+    max_length: int,
+    device: str,
+    batch_tokens: int | None = None,
 ) -> dict[str, object]:
     pairs = [tuple(p) for p in json.loads(Path(pairs_file).read_text())]
     os.environ["HF_HUB_OFFLINE"] = "1"
+    extra: dict[str, object] = {}
     precision = engine.rsplit("-", 1)[1]
     if engine.startswith("st-"):
         import torch
@@ -98,6 +119,7 @@ def worker(
         elapsed = time.perf_counter() - started
         scores = [float(s) for s in scores]
         padding = _sorted_padding(model, pairs, batch_size, max_length, by_chars=True)
+        attention = _attention(ce.model)
     elif engine.startswith("flag-"):
         from FlagEmbedding import FlagReranker
 
@@ -114,6 +136,7 @@ def worker(
         elapsed = time.perf_counter() - started
         scores = [float(s) for s in scores]
         padding = _sorted_padding(model, pairs, batch_size, max_length, by_chars=False)
+        attention = _attention(reranker.model)
     else:
         from bge_rerank_cli.backends import load_scorer
         from bge_rerank_cli.config import LoaderConfig
@@ -125,7 +148,7 @@ def worker(
         quantize = "int8" if precision == "int8" else "none"
         config = LoaderConfig(
             model=model, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length,  # type: ignore[arg-type]
-            backend=backend, quantize=quantize,
+            backend=backend, quantize=quantize, batch_tokens=batch_tokens,
         )  # fmt: skip
         scorer = load_scorer(config)
         items = [Pair(q, p) for q, p in pairs]
@@ -140,6 +163,9 @@ def worker(
         batches = token_batches(range(len(lengths)), lengths, scorer.batch_tokens, scorer.fill_tokens)
         padded = sum(len(b) * lengths[b[0]] for b in batches)
         padding = 1 - sum(lengths) / padded
+        attention = _attention(getattr(scorer, "_model", None))
+        extra["fp32_fallbacks"] = getattr(scorer, "fp32_fallbacks", 0)
+        extra["batch_tokens"] = scorer.batch_tokens
     tokens = _real_tokens(model, pairs, max_length)
     peak_gpu = None
     if device.startswith("cuda"):
@@ -154,8 +180,16 @@ def worker(
         "padding": padding,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": peak_gpu,
+        "attention": attention,
+        **extra,
         "scores": scores,
     }
+
+
+def _attention(model: object) -> str | None:
+    """The attention kernel family transformers chose for a model (sdpa, eager, flash_attention_2)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) if config is not None else None
 
 
 def _sync(device: str) -> None:
@@ -210,9 +244,20 @@ def machine(device: str = "cpu") -> str:
     )
 
 
-def flag_python(rebuild: bool = False) -> tuple[str | None, str]:
+def flag_python(rebuild: bool = False, python_path: str | None = None) -> tuple[str | None, str]:
     """The Python of FlagEmbedding's own virtual environment, created on first use (it needs
-    transformers <= 5.23, this project 5.24+). Returns (python, "") or (None, why not)."""
+    transformers <= 5.23, this project 5.24+). Returns (python, "") or (None, why not).
+
+    ``python_path`` (``current`` for this interpreter) names a Python that already imports
+    FlagEmbedding, e.g. on a machine without network; nothing is built then."""
+    if python_path:
+        given = sys.executable if python_path == "current" else python_path
+        check = [given, "-c", "from FlagEmbedding import FlagReranker"]
+        out = subprocess.run(check, capture_output=True, text=True)
+        if out.returncode != 0:
+            last = (out.stderr.strip().splitlines() or ["?"])[-1][:200]
+            return None, f"FlagEmbedding does not import in {given}: {last}"
+        return given, ""
     python = FLAG_VENV / "bin" / "python"
     probe = [str(python), "-c", "import FlagEmbedding, transformers; print(transformers.__version__)"]
     if python.is_file() and not rebuild and subprocess.run(probe, capture_output=True).returncode == 0:
@@ -255,6 +300,33 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda.")
     parser.add_argument("--engines", default=None, help="Comma-separated; default: the CPU or GPU set.")
     parser.add_argument("--no-flag", action="store_true", help="Skip FlagEmbedding (no venv built).")
+    parser.add_argument(
+        "--flag-python",
+        help="Run FlagEmbedding with this Python ('current': this one) instead of building its venv.",
+    )
+    parser.add_argument(
+        "--passage-tokens",
+        type=_token_range,
+        default=None,
+        help="Passage lengths drawn uniformly from MIN-MAX words (one token each); default 20-1000 log-normal.",
+    )
+    parser.add_argument(
+        "--repeats", type=float, default=0.1, help="Share of pairs that repeat an earlier pair (0.1)."
+    )
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="Our engines' padded-token budget per forward pass (default batch size x max length).",
+    )
+    parser.add_argument(
+        "--progress", action="store_true", help="Print each engine's run to stderr as it ends."
+    )
+    parser.add_argument(
+        "--reference-json",
+        help="Take the reference scores and the peers' speed from this earlier --json run of the same "
+        "workload (for engines run again with other settings, e.g. --batch-tokens).",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
@@ -272,7 +344,13 @@ def main() -> int:
         return 0
     if args.worker:
         result = worker(
-            args.worker, args.model, args.pairs_file, args.batch_size, args.max_length, args.device
+            args.worker,
+            args.model,
+            args.pairs_file,
+            args.batch_size,
+            args.max_length,
+            args.device,
+            args.batch_tokens,
         )
         print(json.dumps(result))
         return 0
@@ -280,14 +358,19 @@ def main() -> int:
     rounds = args.rounds or (2 if args.quick else 1)
     model = model_dir(args.quick)
     CACHE.mkdir(parents=True, exist_ok=True)
-    pairs_file = CACHE / f"workload-{n}.json"
-    pairs_file.write_text(json.dumps(workload(n)))
+    custom = args.passage_tokens is not None or args.repeats != 0.1
+    tag = f"-{args.passage_tokens[0]}-{args.passage_tokens[1]}" if args.passage_tokens else ""
+    tag += f"-r{args.repeats:g}" if args.repeats != 0.1 else ""
+    pairs_file = CACHE / f"workload-{n}{tag}.json"
+    pairs_file.write_text(json.dumps(workload(n, passage_tokens=args.passage_tokens, repeats=args.repeats)))
+    if custom:
+        print(f"workload: {n} pairs in {pairs_file}", file=sys.stderr)
     default = GPU_ENGINES if args.device.startswith("cuda") else ENGINES
     engines = (args.engines or ",".join(default)).split(",")
     skipped: dict[str, str] = {}
     pythons = {e: sys.executable for e in engines}
     if any(e.startswith("flag-") for e in engines):
-        flag, why = (None, "--no-flag") if args.no_flag else flag_python()
+        flag, why = (None, "--no-flag") if args.no_flag else flag_python(python_path=args.flag_python)
         for e in [e for e in engines if e.startswith("flag-")]:
             if flag is None:
                 skipped[e] = why
@@ -314,17 +397,41 @@ def main() -> int:
             cmd = [pythons[engine], __file__, "--worker", engine, "--model", str(model)]
             cmd += ["--pairs-file", str(pairs_file), "--batch-size", str(args.batch_size)]
             cmd += ["--max-length", str(args.max_length), "--device", args.device]
+            if args.batch_tokens and engine.startswith("ours-"):
+                cmd += ["--batch-tokens", str(args.batch_tokens)]
+            started = time.perf_counter()
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 skipped[engine] = (out.stderr.strip().splitlines() or ["failed"])[-1][:200]
                 print(f"{engine} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
             runs[engine].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            if args.progress:
+                r = runs[engine][-1]
+                print(
+                    f"{engine}: {r['pairs'] / r['seconds']:.2f} pairs/s, {r['seconds']:.2f} s scoring, "
+                    f"{time.perf_counter() - started:.0f} s with start-up",
+                    file=sys.stderr,
+                )
+            if args.json:  # as it goes, so a run cut short still leaves what it measured
+                Path(args.json).write_text(json.dumps({"report": None, "runs": runs, "skipped": skipped}))
     best = {e: min(r, key=lambda x: x["seconds"]) for e, r in runs.items() if r}
-    report = render(best, skipped, args, n, rounds, runs)
+    borrowed = _borrowed(args.reference_json, pairs_file.name, best) if args.reference_json else None
+    report = render(best, skipped, args, n, rounds, runs, borrowed)
     print(report)
     if args.json:
-        Path(args.json).write_text(json.dumps({"report": report, "runs": runs}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "report": report,
+                    "workload": pairs_file.name,
+                    "runs": runs,
+                    "skipped": skipped,
+                    "argv": sys.argv[1:],
+                },
+                indent=1,
+            )
+        )
     if not args.no_write:
         mode = ("quick" if args.quick else "full") + ("-gpu" if args.device.startswith("cuda") else "")
         _write_doc(mode, report, " ".join(sys.argv[1:]))
@@ -338,11 +445,15 @@ def render(
     n: int,
     rounds: int,
     runs: dict[str, list[dict]] | None = None,
+    borrowed: dict[str, dict] | None = None,
 ) -> str:
-    """A markdown table: speed, padding, memory, ratios to each peer, and the score deviation."""
-    ref = best.get(REFERENCE) or next((r for e, r in best.items() if e.startswith("st-")), None)
+    """A markdown table: speed, padding, memory, ratios to each peer, and the score deviation.
+
+    ``borrowed`` runs (of an earlier process on the same workload) serve as reference and peers only."""
+    pool = {**(borrowed or {}), **best}
+    ref = pool.get(REFERENCE) or next((r for e, r in pool.items() if e.startswith("st-")), None)
     peers = {
-        name: max((r for e, r in best.items() if e.startswith(prefix)), key=lambda r: r["pairs"] / r["seconds"], default=None)
+        name: max((r for e, r in pool.items() if e.startswith(prefix)), key=lambda r: r["pairs"] / r["seconds"], default=None)
         for name, prefix in PEERS.items()
     }  # fmt: skip
     peer_names = {name: peer["engine"] for name, peer in peers.items() if peer}
@@ -374,14 +485,49 @@ def render(
     )
     if per_round:
         lines.append(f"\npairs/s per round: {per_round}")
+    if borrowed:
+        lines.append(f"\nreference and peers from {args.reference_json}: {', '.join(borrowed)}")
+    if args.device.startswith("cuda"):
+        notes = [
+            f"{e}: attention {r.get('attention')}"
+            + (f", batch tokens {r['batch_tokens']}" if r.get("batch_tokens") else "")
+            + (f", {r['fp32_fallbacks']} fp32 fallback batch(es)" if r.get("fp32_fallbacks") else "")
+            for e, r in best.items()
+        ]
+        lines.append("\n" + "; ".join(notes))
     shape = (
         "scaled-down XLM-R (4 layers, hidden 256)" if args.quick else "bge-reranker-v2-m3 architecture (568M)"
     )
+    passages = getattr(args, "passage_tokens", None)
+    repeats = getattr(args, "repeats", 0.1)
+    kind = f"pairs, passages {passages[0]}-{passages[1]} tokens" if passages else "mixed-length pairs"
+    share = f"~{repeats:.0%} repeated" if repeats else "none repeated"
+    budget = getattr(args, "batch_tokens", None)
+    batch = f"batch size {args.batch_size}" + (f" (ours: {budget} batch tokens)" if budget else "")
     header = (
-        f"{shape}, random weights; {n} mixed-length pairs (~10% repeated), batch size {args.batch_size}, "
+        f"{shape}, random weights; {n} {kind} ({share}), {batch}, "
         f"max length {args.max_length}, device {args.device}, best of {rounds} interleaved round(s)\n{machine(args.device)}"
     )
     return header + "\n\n" + "\n".join(lines)
+
+
+def _borrowed(path: str, workload_name: str, best: dict[str, dict]) -> dict[str, dict]:
+    """The best run of each engine in an earlier --json file of the same workload, less those run now."""
+    data = json.loads(Path(path).read_text())
+    if data.get("workload") != workload_name:
+        raise SystemExit(f"{path} measured {data.get('workload')}, not {workload_name}")
+    return {e: min(rs, key=lambda x: x["seconds"]) for e, rs in data["runs"].items() if rs and e not in best}
+
+
+def _token_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    try:
+        pair = (int(lo), int(hi or lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX, got {text!r}") from None
+    if not 1 <= pair[0] <= pair[1]:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got {text!r}")
+    return pair
 
 
 def _write_doc(mode: str, report: str, argv: str) -> None:
