@@ -48,11 +48,13 @@ class RunStats:
 
 @dataclass
 class JobControl:
-    """What a long job hands the engine: counters, a progress callback, and a stop switch."""
+    """What a long job hands the engine: counters, a progress callback, a stop switch, and ``on_batch``,
+    told the input indices each forward pass carried (the service counts requests per pass with it)."""
 
     stats: RunStats = field(default_factory=RunStats)
     on_progress: ProgressCallback | None = None
     should_stop: Callable[[], bool] | None = None
+    on_batch: Callable[[Sequence[int]], None] | None = None
 
     def check(self) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -123,6 +125,8 @@ def score_encoded(
             continue
         for i, value in zip(batch, values, strict=True):
             logits[i] = value
+        if control.on_batch is not None:
+            control.on_batch(batch)
         control.advance(len(batch))
     return logits
 
@@ -167,21 +171,35 @@ def score_pairs(
 def _score_distinct(
     scorer: BatchScorer, pairs: Sequence[Pair], options: ScoreOptions, control: JobControl
 ) -> tuple[list[Scored], int]:
-    if options.long_docs != "chunk":
-        encoded = scorer.encode(pairs)
-        logits = score_encoded(scorer, encoded, control=control)
-        return [_scored(enc, logit) for enc, logit in zip(encoded, logits, strict=True)], len(encoded)
-    windows = scorer.encode_windows(pairs, overlap=options.chunk_overlap, max_chunks=options.max_chunks)
+    windows = encode_pairs(scorer, pairs, options)
     flat = [w for per_pair in windows for w in per_pair]
     logits = score_encoded(scorer, flat, control=control)
+    return reduce_windows(windows, logits, chunked=options.long_docs == "chunk"), len(flat)
+
+
+def encode_pairs(scorer: BatchScorer, pairs: Sequence[Pair], options: ScoreOptions) -> list[list[Encoded]]:
+    """Each pair as the sequences the model scores: one (cut to fit), or its windows in chunk mode."""
+    if options.long_docs != "chunk":
+        return [[enc] for enc in scorer.encode(pairs)]
+    return scorer.encode_windows(pairs, overlap=options.chunk_overlap, max_chunks=options.max_chunks)
+
+
+def reduce_windows(
+    windows: Sequence[Sequence[Encoded]], logits: Sequence[float], *, chunked: bool
+) -> list[Scored]:
+    """One :class:`Scored` per pair from the logits of its sequences (in :func:`encode_pairs` order): the
+    pair's own score, or in chunk mode its best window's, with ``best_chunk`` saying where it is."""
     results, start = [], 0
     for per_pair in windows:
         mine = logits[start : start + len(per_pair)]
         start += len(per_pair)
+        if not chunked:
+            results.append(_scored(per_pair[0], mine[0]))
+            continue
         best = max(range(len(mine)), key=lambda i: (mine[i], -i))
         span = per_pair[best].span or (0, 0)
         results.append(_scored(per_pair[best], mine[best], Chunk(best, span[0], span[1], len(per_pair))))
-    return results, len(flat)
+    return results
 
 
 def rank_documents(

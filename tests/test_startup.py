@@ -25,7 +25,9 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["score", "--help"], ["rerank", "--help"], ["--version"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["score", "--help"], ["rerank", "--help"], ["serve", "--help"], ["--version"]]
+)
 def test_help_imports_no_torch(args: list[str]):
     code = PROBE.format(args=args, heavy=HEAVY)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, timeout=60)

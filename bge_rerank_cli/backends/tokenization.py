@@ -99,6 +99,19 @@ class PairTokenizer:
             out.append([self._pack(query, w, dropped, query_dropped, _span(w)) for w in windows])
         return out
 
+    def clip(self, texts: Sequence[str], max_tokens: int) -> list[tuple[str, int]]:
+        """Each text cut to its first ``max_tokens`` tokens (at a token boundary), with the tokens cut."""
+        out = []
+        for text, enc in zip(
+            texts, self._tok.encode_batch(list(texts), add_special_tokens=False), strict=True
+        ):
+            if len(enc) <= max_tokens:
+                out.append((text, 0))
+                continue
+            end = enc.offsets[max_tokens - 1][1] if max_tokens > 0 else 0
+            out.append((text[:end], len(enc) - max_tokens))
+        return out
+
 
 def _span(window: Any) -> tuple[int, int]:
     offsets = [o for o in window.offsets if o != (0, 0)] or [(0, 0)]
@@ -154,6 +167,9 @@ class TokenizedScorer:
 
     def encode_windows(self, pairs: Sequence[Pair], *, overlap: int, max_chunks: int) -> list[list[Encoded]]:
         return self.pairs.encode_windows(pairs, overlap=overlap, max_chunks=max_chunks)
+
+    def clip(self, texts: Sequence[str], max_tokens: int) -> list[tuple[str, int]]:
+        return self.pairs.clip(texts, max_tokens)
 
 
 def effective_max_length(config: LoaderConfig, model_limit: int) -> int:

@@ -14,6 +14,7 @@ from .eval import eval_
 from .exits import Group
 from .rerank import rerank
 from .score import score
+from .serve import serve
 
 app = typer.Typer(
     name="bge-rerank",
@@ -49,6 +50,7 @@ app.command()(demo)
 app.command()(doctor)
 app.command(name="eval")(eval_)
 app.command()(bench)
+app.command()(serve)
 
 
 def main() -> None:

@@ -1,0 +1,171 @@
+"""`bge-rerank serve`: the reranker over HTTP (Cohere v2, Jina/vLLM and TEI dialects), same scores."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from typing import Annotated
+
+import typer
+
+from ..config import DEFAULT_CHUNK_OVERLAP, DEFAULT_MAX_CHUNKS, Choice, LoaderConfig, LongDocs, ScoreOptions
+from ..errors import BgeRerankError, ExitCode, UsageError
+from . import options as opt
+from .console import say
+from .exits import error_line, flag_name, reported_errors
+
+SERVICE = "Service"
+LIMITS = "Limits"
+
+
+class LogFormat(Choice):
+    TEXT = "text"
+    JSON = "json"
+
+
+@opt.loader_options()
+def serve(
+    config: LoaderConfig,
+    host: Annotated[
+        str,
+        typer.Option(
+            envvar="BGE_RERANK_HOST", help="Address to bind (loopback by default).", rich_help_panel=SERVICE
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(envvar="BGE_RERANK_PORT", min=0, max=65535, rich_help_panel=SERVICE)
+    ] = 8080,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BGE_RERANK_API_KEY",
+            metavar="KEY",
+            show_default=False,
+            help="Require 'Authorization: Bearer KEY' on every route but /health.",
+            rich_help_panel=SERVICE,
+        ),
+    ] = None,
+    long_docs: opt.LongDocsOption = LongDocs.TRUNCATE,
+    chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
+    max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
+    max_docs: Annotated[
+        int,
+        typer.Option(
+            envvar="BGE_RERANK_MAX_DOCS", min=1, help="Documents (or pairs) per request; more: 413."
+        ),
+    ] = 1000,
+    max_body_bytes: Annotated[
+        int, typer.Option(envvar="BGE_RERANK_MAX_BODY_BYTES", min=1, help="Request body size; more: 413.")
+    ] = 10 * 2**20,
+    max_queue: Annotated[
+        int,
+        typer.Option(
+            envvar="BGE_RERANK_MAX_QUEUE",
+            min=1,
+            help="Pairs waiting for the model; past it: 429 with Retry-After.",
+        ),
+    ] = 10_000,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="BGE_RERANK_TIMEOUT", min=0.001, help="Seconds a request may wait and run; then 503."
+        ),
+    ] = 60.0,
+    gather_ms: Annotated[
+        float,
+        typer.Option(
+            envvar="BGE_RERANK_GATHER_MS",
+            min=0.0,
+            help="How long the model worker waits for other requests to share a forward pass.",
+        ),
+    ] = 5.0,
+    drain_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="BGE_RERANK_DRAIN_SECONDS",
+            min=0.0,
+            help="On SIGTERM/SIGINT: stop accepting, finish requests in flight for at most this long.",
+        ),
+    ] = 30.0,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            metavar="ORIGIN",
+            help="Allow browser calls from this origin (repeatable). Off by default.",
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(envvar="BGE_RERANK_LOG_FORMAT", help="Access log on stderr: one line per request."),
+    ] = LogFormat.TEXT,
+) -> None:
+    """Serve the reranker over HTTP: Cohere v2 (POST /v2/rerank), Jina/vLLM (POST /v1/rerank), TEI (POST /rerank) and pair scores (POST /score), with /health, /ready, /metrics (Prometheus) and the OpenAPI page (/docs).
+
+    Scores equal `bge-rerank score` on the same pairs and options. Concurrent requests share forward passes (one model worker). Needs pip install 'bge-rerank-cli[serve]'. Stops on SIGTERM/SIGINT after the requests in flight (--drain-seconds).
+
+    \b
+    Examples:
+      bge-rerank serve --port 8080
+      curl -s localhost:8080/v2/rerank -H 'Content-Type: application/json' -d '{"query": "what is deep learning?", "documents": ["Deep learning is ...", "Apples are ..."], "top_n": 1}'
+    """
+    with reported_errors():
+        try:
+            import fastapi  # noqa: F401
+            import prometheus_client  # noqa: F401
+            import uvicorn
+        except ImportError as exc:
+            from ..service import INSTALL_HINT
+
+            raise UsageError(f"serve needs {exc.name}, which is not installed: {INSTALL_HINT}") from None
+        from ..service.app import create_app
+        from ..service.core import Engine, Limits
+
+        if api_key is not None and not api_key.strip():
+            raise UsageError("--api-key is empty.")
+        if api_key is None and not _loopback(host):
+            say(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach this port can use "
+                "the model and fill its queue. Set --api-key (or BGE_RERANK_API_KEY), or bind 127.0.0.1.")  # fmt: skip
+        limits = Limits(max_docs, max_body_bytes, max_queue, timeout, gather_ms / 1000)
+        engine = Engine(config, ScoreOptions(long_docs, chunk_overlap, max_chunks), limits)
+        fatal: list[BaseException] = []
+        server: uvicorn.Server | None = None
+
+        def on_fatal(exc: BaseException) -> None:
+            fatal.append(exc)
+            if server is not None:
+                server.should_exit = True
+
+        app = create_app(engine, api_key=api_key, cors_origins=tuple(cors_origin or ()), log_format=log_format,
+                         on_fatal=on_fatal)  # fmt: skip
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=math.ceil(drain_seconds),
+            )
+        )
+        say(
+            f"[dim]bge-rerank serve: {config.model} on http://{host}:{port} (loading; GET /ready says when it is up)[/]"
+        )
+        server.run()
+        if fatal:
+            failure = fatal[0]
+            if isinstance(failure, BgeRerankError):
+                error_line(failure.describe(flag_name))
+                raise typer.Exit(int(failure.exit_code))
+            error_line(f"the model could not be loaded: {type(failure).__name__}: {failure}")
+            raise typer.Exit(int(ExitCode.MODEL))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,85 @@
+"""Prometheus metrics of the service (seed manual §6.2: response time and the top-1 replacement rate),
+through prometheus-client, on a registry of the app's own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PREFIX = "bge_rerank"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """Request, batching, queue and quality counters; also the batcher's :class:`Observer`."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(f"{PREFIX}_request_duration_seconds", "Request latency by route.", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.pairs = Counter(
+            f"{PREFIX}_pairs_scored", "Pairs scored (after de-duplication per request).", registry=r
+        )
+        self.tokens = Counter(
+            f"{PREFIX}_tokens_scored", "Real (unpadded) tokens read by the model.", registry=r
+        )
+        self.truncated = Counter(
+            f"{PREFIX}_truncated_pairs", "Pairs that lost tokens to the max length.", registry=r
+        )
+        self.forward_passes = Counter(f"{PREFIX}_forward_passes", "Forward passes of the model.", registry=r)
+        self.shared_passes = Counter(f"{PREFIX}_shared_forward_passes",
+                                     "Forward passes that carried pairs of more than one request.", registry=r)  # fmt: skip
+        self.pairs_per_pass = Histogram(f"{PREFIX}_forward_pass_pairs", "Pairs (sequences) per forward pass.",
+                                        buckets=SIZE_BUCKETS, registry=r)  # fmt: skip
+        self.requests_per_pass = Histogram(f"{PREFIX}_forward_pass_requests", "Requests per forward pass.",
+                                           buckets=SIZE_BUCKETS, registry=r)  # fmt: skip
+        self.queue = Gauge(f"{PREFIX}_queue_pairs", "Pairs waiting for the model worker.", registry=r)
+        self.rejected = Counter(f"{PREFIX}_rejected_requests", "Requests refused before scoring, by reason.",
+                                ["reason"], registry=r)  # fmt: skip
+        self.dropped_requests = Counter(f"{PREFIX}_dropped_requests",
+                                        "Requests dropped from the queue (client gone or timed out).", registry=r)  # fmt: skip
+        self.rerank_requests = Counter(f"{PREFIX}_rerank_requests", "Rerank requests with at least one document.",
+                                       registry=r)  # fmt: skip
+        self.top1_replaced = Counter(f"{PREFIX}_top1_replaced", "Rerank requests whose best document was not first.",
+                                     registry=r)  # fmt: skip
+        self.top1_rate = Gauge(f"{PREFIX}_top1_replacement_rate",
+                               "Share of rerank requests whose best document was not first in the input.", registry=r)  # fmt: skip
+        self._reranks = 0
+        self._replaced = 0
+
+    # Observer (called from the model worker thread; prometheus-client is thread-safe)
+    def forward_pass(self, pairs: int, requests: int, tokens: int) -> None:
+        self.forward_passes.inc()
+        self.pairs_per_pass.observe(pairs)
+        self.requests_per_pass.observe(requests)
+        if requests > 1:
+            self.shared_passes.inc()
+
+    def queue_depth(self, pairs: int) -> None:
+        self.queue.set(pairs)
+
+    def dropped(self) -> None:
+        self.dropped_requests.inc()
+
+    def scored(self, pairs: int, tokens: int, truncated: int) -> None:
+        self.pairs.inc(pairs)
+        self.tokens.inc(tokens)
+        self.truncated.inc(truncated)
+
+    def reranked(self, replaced: bool) -> None:
+        self._reranks += 1
+        self._replaced += replaced
+        self.rerank_requests.inc()
+        if replaced:
+            self.top1_replaced.inc()
+        self.top1_rate.set(self._replaced / self._reranks)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
