@@ -399,6 +399,8 @@ def test_help_lists_choices_and_keeps_install_hints():
                     "<auto|fp32|fp16|bf16>", "<torch|onnx>", "<none|int8>", "[auto|cpu|cuda|cuda:N|mps]"):  # fmt: skip
         assert choices in text, choices
     assert "pip install 'bge-rerank-cli[ray]'" in text and "pip install 'bge-rerank-cli[onnx]'" in text
+    assert "pip install 'bge-rerank-cli[serve]'" in invoke(["serve", "--help"]).stdout
+    assert "--max-\n" not in text and "bge-\n" not in text  # wrapped at spaces, never inside a word
 
 
 def test_depth_limits_candidates_for_any_input(tiny_xlmr: Path):

@@ -325,3 +325,34 @@ def test_a_missing_model_ends_the_service_with_the_model_exit_code(tmp_path: Pat
     )  # fmt: skip
     assert result.returncode == 4, result.stderr.decode()
     assert b"does not exist" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_a_request_past_its_timeout_gets_503_and_leaves_the_queue(tiny_xlmr: Path, tmp_path: Path):
+    server = start(tiny_xlmr, tmp_path, "--gather-ms", "3000", "--timeout", "0.5")
+    try:
+        started = time.monotonic()
+        late = server.post("/v2/rerank", {"query": "q", "documents": DOCS})
+        assert late.status_code == 503 and late.headers["Retry-After"] == "1"
+        assert "not scored within 0.5s" in late.json()["error"] and time.monotonic() - started < 2.5
+        after = server.metrics()
+        assert after["bge_rerank_rejected_requests_total{reason=timeout}"] == 1
+        assert after["bge_rerank_dropped_requests_total"] == 1 and after["bge_rerank_queue_pairs"] == 0
+    finally:
+        stop(server)
+
+
+def test_a_missing_serve_extra_is_named():
+    code = (
+        "import sys\nsys.modules['uvicorn'] = None\nsys.argv = ['bge-rerank', 'serve', '-m', 'none']\n"
+        "from bge_rerank_cli.cli import main\nmain()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2
+    assert b"pip install 'bge-rerank-cli[serve]'" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_only_loopback_binds_count_as_private():
+    from bge_rerank_cli.cli.serve import _loopback
+
+    assert _loopback("127.0.0.1") and _loopback("localhost") and _loopback("::1") and _loopback("127.0.0.5")
+    assert not _loopback("0.0.0.0") and not _loopback("10.0.0.4") and not _loopback("example.org")

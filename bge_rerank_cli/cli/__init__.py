@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,6 +15,25 @@ from .exits import Group
 from .rerank import rerank
 from .score import score
 from .serve import serve
+
+
+def _wrap_help_at_spaces_only() -> None:
+    """Help wraps at spaces, never inside a hyphenated word, so what it quotes can be copied whole
+    (`pip install 'bge-rerank-cli[serve]'`, `--max-length`). Typer's vendored Click breaks on hyphens."""
+    try:
+        from typer._click import _textwrap
+    except ImportError:  # a Typer without the vendored wrapper: nothing to adjust
+        return
+
+    class Wrapper(_textwrap.TextWrapper):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["break_on_hyphens"] = False
+            super().__init__(*args, **kwargs)
+
+    _textwrap.TextWrapper = Wrapper  # type: ignore[misc]
+
+
+_wrap_help_at_spaces_only()
 
 app = typer.Typer(
     name="bge-rerank",

@@ -102,7 +102,10 @@ def serve(
 ) -> None:
     """Serve the reranker over HTTP: Cohere v2 (POST /v2/rerank), Jina/vLLM (POST /v1/rerank), TEI (POST /rerank) and pair scores (POST /score), with /health, /ready, /metrics (Prometheus) and the OpenAPI page (/docs).
 
-    Scores equal `bge-rerank score` on the same pairs and options. Concurrent requests share forward passes (one model worker). Needs pip install 'bge-rerank-cli[serve]'. Stops on SIGTERM/SIGINT after the requests in flight (--drain-seconds).
+    Scores equal `bge-rerank score` on the same pairs and options. Concurrent requests share forward passes (one model worker). Stops on SIGTERM/SIGINT after the requests in flight (--drain-seconds).
+
+    \b
+    Needs the serve extra:  pip install 'bge-rerank-cli[serve]'
 
     \b
     Examples:
