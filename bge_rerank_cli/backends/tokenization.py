@@ -7,7 +7,7 @@ first (FlagEmbedding's rule), or, in window mode, split into overlapping windows
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..config import LoaderConfig
@@ -61,14 +61,19 @@ class PairTokenizer:
             span=span,
         )
 
-    def encode(self, pairs: Sequence[Pair]) -> list[Encoded]:
-        """One sequence per pair; passage tokens past the budget are dropped (and counted)."""
+    def _fitted(self, pairs: Sequence[Pair]) -> Iterator[tuple[Pair, Any, Any, int, int]]:
+        """Per pair: the pair, its passage's tokens, its query's (capped) tokens, the query tokens cut,
+        and the room left for the passage beside the query and the special tokens."""
         queries = self._queries(pairs)
         passages = self._tok.encode_batch([p.passage for p in pairs], add_special_tokens=False)
-        out = []
         for pair, passage in zip(pairs, passages, strict=True):
             query, query_dropped = queries[pair.query]
-            room = self.max_length - len(query) - self.specials
+            yield pair, passage, query, query_dropped, self.max_length - len(query) - self.specials
+
+    def encode(self, pairs: Sequence[Pair]) -> list[Encoded]:
+        """One sequence per pair; passage tokens past the budget are dropped (and counted)."""
+        out = []
+        for _, passage, query, query_dropped, room in self._fitted(pairs):
             dropped = max(0, len(passage) - room)
             if dropped:
                 passage.truncate(room)
@@ -82,12 +87,8 @@ class PairTokenizer:
         span of its passage text. A passage that fits gives one window spanning the whole text. Past
         ``max_chunks`` windows the rest of the passage is dropped (and counted).
         """
-        queries = self._queries(pairs)
-        passages = self._tok.encode_batch([p.passage for p in pairs], add_special_tokens=False)
         out = []
-        for pair, passage in zip(pairs, passages, strict=True):
-            query, query_dropped = queries[pair.query]
-            room = self.max_length - len(query) - self.specials
+        for pair, passage, query, query_dropped, room in self._fitted(pairs):
             if len(passage) <= room:
                 out.append([self._pack(query, passage, 0, query_dropped, (0, len(pair.passage)))])
                 continue

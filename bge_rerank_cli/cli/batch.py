@@ -11,16 +11,19 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from ..config import LoaderConfig
+from ..config import LoaderConfig, ScoreOptions
 from ..errors import UsageError
-from ..jobs import Job, JsonlSource, Output, Report, Source, StopSwitch, Task, run
+from ..jobs import Job, JsonlSource, OnError, Output, Report, Source, StopSwitch, Task, run
 from . import console as term
+from . import options as opt
 from .exits import flag_name
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,65 @@ class OutputFlags:
     on_error: str
     resume: bool
     quiet: bool
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None
+    actors: int
+    gpus_per_actor: float | None
+    cpus_per_actor: float
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What `score` and `rerank` share besides the model: long passages, output, long jobs, scale-out
+    (``ray`` is ``None`` for the local engine)."""
+
+    options: ScoreOptions
+    flags: OutputFlags
+    ray: RayOptions | None
+
+
+def _batch_options(
+    *,
+    long_docs: str,
+    chunk_overlap: int,
+    max_chunks: int,
+    fmt: str,
+    output: str | None,
+    on_error: str,
+    errors: str | None,
+    resume: bool,
+    quiet: bool,
+    engine: str,
+    ray_address: str | None,
+    actors: int,
+    gpus_per_actor: float | None,
+    cpus_per_actor: float,
+) -> BatchOptions:
+    ray = RayOptions(ray_address, actors, gpus_per_actor, cpus_per_actor) if engine == "ray" else None
+    flags = OutputFlags(fmt, output, errors, on_error, resume, quiet)
+    return BatchOptions(ScoreOptions(long_docs, chunk_overlap, max_chunks), flags, ray)
+
+
+def batch_options() -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Give `score` and `rerank` their shared options, declared once, as ``batch: BatchOptions``."""
+    parameters: list[opt.Parameter] = [
+        *opt.LONG_DOCS_PARAMETERS,
+        ("fmt", opt.FormatOption, opt.Format.AUTO),
+        ("output", opt.Output, None),
+        ("on_error", opt.OnErrorOption, OnError.FAIL),
+        ("errors", opt.ErrorsFile, None),
+        ("resume", opt.Resume, False),
+        ("quiet", opt.Quiet, False),
+        ("engine", opt.EngineOption, opt.Engine.LOCAL),
+        ("ray_address", opt.RayAddress, None),
+        ("actors", opt.Actors, 1),
+        ("gpus_per_actor", opt.GpusPerActor, None),
+        ("cpus_per_actor", opt.CpusPerActor, 1.0),
+    ]
+    return opt.shared_options(parameters, _batch_options, "batch")
 
 
 def resolve_format(fmt: str, output: str | None) -> str:

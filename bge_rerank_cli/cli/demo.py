@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import DEFAULT_CHUNK_OVERLAP, DEFAULT_MAX_CHUNKS, Choice, LoaderConfig, LongDocs, ScoreOptions
+from ..config import Choice, LoaderConfig, ScoreOptions
 from ..demo import DemoResult, DemoRow, DemoTimings, Lang, demo_queries, run_query, timings
 from ..outputs import score_fields
 from . import console as term
@@ -27,12 +27,11 @@ class DemoFormat(Choice):
 
 
 @opt.loader_options()
+@opt.long_docs_options()
 def demo(
     config: LoaderConfig,
+    options: ScoreOptions,
     lang: Annotated[Lang, typer.Option(help="Which examples: Chinese, English or all.")] = Lang.ALL,
-    long_docs: opt.LongDocsOption = LongDocs.TRUNCATE,
-    chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
-    max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
     fmt: Annotated[
         DemoFormat, typer.Option("--format", "-f", help="auto: a table on a terminal, JSONL when piped.")
     ] = DemoFormat.AUTO,
@@ -44,7 +43,6 @@ def demo(
     """
     with reported_errors():
         queries = demo_queries(lang)
-        options = ScoreOptions(long_docs, chunk_overlap, max_chunks)
         scorer = term.loader(config, quiet)()
         as_json = fmt == "jsonl" or (fmt == "auto" and not sys.stdout.isatty())
         console = term.out_console()

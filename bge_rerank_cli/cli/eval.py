@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..config import DEFAULT_CHUNK_OVERLAP, DEFAULT_MAX_CHUNKS, LoaderConfig, LongDocs, ScoreOptions
+from ..config import LoaderConfig, ScoreOptions
 from ..errors import UsageError
 from ..ir import compare, first_stage_run, read_qrels, read_ranked, run_from_items, run_from_results
 from ..jobs import Job, JsonlSource, Output, RerankTask, Source, TrecSource, beir_paths, read_all
@@ -23,8 +23,10 @@ FIRST = "First stage and judgements"
 
 
 @opt.loader_options()
+@opt.long_docs_options()
 def eval_(
     config: LoaderConfig,
+    options: ScoreOptions,
     qrels: Annotated[
         str | None,
         typer.Option(
@@ -71,9 +73,6 @@ def eval_(
     per_query: Annotated[
         bool, typer.Option("--per-query", help="Show each query's before/after values.")
     ] = False,
-    long_docs: opt.LongDocsOption = LongDocs.TRUNCATE,
-    chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
-    max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
     fmt: opt.ReportFormatOption = opt.ReportFormat.AUTO,
     quiet: opt.Quiet = False,
 ) -> None:
@@ -87,7 +86,7 @@ def eval_(
       bge-rerank eval --qrels qrels.txt --run bm25.run --corpus corpus.jsonl --queries queries.jsonl --per-query
     """
     with reported_errors():
-        task = RerankTask(ScoreOptions(long_docs, chunk_overlap, max_chunks))
+        task = RerankTask(options)
         if beir:
             paths = [str(p) for p in beir_paths(beir, split)]
             corpus, queries, qrels = corpus or paths[0], queries or paths[1], qrels or paths[2]

@@ -15,6 +15,8 @@ import typer
 
 from ..config import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_MAX_CHUNKS,
     DEFAULT_MAX_LENGTH,
     DEFAULT_MODEL,
     DEVICE_CHOICES,
@@ -24,6 +26,7 @@ from ..config import (
     LoaderConfig,
     LongDocs,
     Quantize,
+    ScoreOptions,
     valid_device,
 )
 from ..errors import UsageError
@@ -349,30 +352,30 @@ def build_config(*, fp16: bool | None = None, dtype: str = "auto", **options: An
     return LoaderConfig(dtype=dtype, **options)
 
 
-def loader_options(*, precision: bool = True) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Give a command the shared model, device and batching options, declared once.
+Parameter = tuple[str, Any, Any]  # name, Annotated option, default
 
-    The command takes ``config: LoaderConfig`` instead; the options appear in its ``--help`` (panel
-    "Model") and are validated into one config before the command runs. ``precision=False`` leaves out
-    --fp16/--dtype/--backend/--quantize, for a command that chooses those itself.
-    """
+
+def shared_options(
+    parameters: list[Parameter], build: Callable[..., Any], into: str
+) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Give a command options declared once elsewhere: they appear in its ``--help`` after its own, and
+    are built into one value (``build(**options)``) passed as the keyword ``into``."""
     from .exits import reported_errors
 
     def decorate(command: Callable[..., T]) -> Callable[..., T]:
-        shared = [p for p in _loader_parameters() if precision or p[0] not in PRECISION_OPTIONS]
-        names = [name for name, _, _ in shared]
-        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "config"]
+        names = [name for name, _, _ in parameters]
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != into]
         extra = [
             inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
-            for n, a, d in shared
+            for n, a, d in parameters
         ]
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> T:
             values = {name: kwargs.pop(name) for name in names}
             with reported_errors():
-                config = build_config(**values)
-            return command(config=config, **kwargs)
+                built = build(**values)
+            return command(**{into: built}, **kwargs)
 
         params = own + extra
         wrapper.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
@@ -380,3 +383,23 @@ def loader_options(*, precision: bool = True) -> Callable[[Callable[..., T]], Ca
         return wrapper
 
     return decorate
+
+
+def loader_options(*, precision: bool = True) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Give a command the shared model, device and batching options as ``config: LoaderConfig``
+    (validated before the command runs). ``precision=False`` leaves out --fp16/--dtype/--backend/--quantize,
+    for a command that chooses those itself."""
+    shared = [p for p in _loader_parameters() if precision or p[0] not in PRECISION_OPTIONS]
+    return shared_options(shared, build_config, "config")
+
+
+LONG_DOCS_PARAMETERS: list[Parameter] = [
+    ("long_docs", LongDocsOption, LongDocs.TRUNCATE),
+    ("chunk_overlap", ChunkOverlap, DEFAULT_CHUNK_OVERLAP),
+    ("max_chunks", MaxChunks, DEFAULT_MAX_CHUNKS),
+]
+
+
+def long_docs_options() -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """--long-docs/--chunk-overlap/--max-chunks as ``options: ScoreOptions``."""
+    return shared_options(LONG_DOCS_PARAMETERS, ScoreOptions, "options")

@@ -6,22 +6,24 @@ from typing import Annotated
 
 import typer
 
-from ..config import DEFAULT_CHUNK_OVERLAP, DEFAULT_MAX_CHUNKS, LoaderConfig, LongDocs, ScoreOptions
+from ..config import LoaderConfig
 from ..errors import UsageError
 from ..inputs import inline_rerank_item, read_docs_file
-from ..jobs import ItemsSource, OnError, RerankTask, Source, TrecSource
+from ..jobs import ItemsSource, RerankTask, Source, TrecSource
 from . import options as opt
-from .batch import OutputFlags, jsonl_source, run_batch
+from .batch import BatchOptions, batch_options, jsonl_source, run_batch
 from .exits import reported_errors
-from .scale import RayOptions, run_ray
+from .scale import run_ray
 from .views import render_rerank_tables
 
 FIRST = "First stage"
 
 
 @opt.loader_options()
+@batch_options()
 def rerank(
     config: LoaderConfig,
+    batch: BatchOptions,
     input: Annotated[
         str | None,
         typer.Argument(
@@ -79,20 +81,6 @@ def rerank(
         float | None,
         typer.Option("--min-score", min=0.0, max=1.0, help="Drop results scoring below X (0..1)."),
     ] = None,
-    long_docs: opt.LongDocsOption = LongDocs.TRUNCATE,
-    chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
-    max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
-    fmt: opt.FormatOption = opt.Format.AUTO,
-    output: opt.Output = None,
-    on_error: opt.OnErrorOption = OnError.FAIL,
-    errors: opt.ErrorsFile = None,
-    resume: opt.Resume = False,
-    quiet: opt.Quiet = False,
-    engine: opt.EngineOption = opt.Engine.LOCAL,
-    ray_address: opt.RayAddress = None,
-    actors: opt.Actors = 1,
-    gpus_per_actor: opt.GpusPerActor = None,
-    cpus_per_actor: opt.CpusPerActor = 1.0,
 ) -> None:
     """Rerank each query's candidate documents by relevance.
 
@@ -107,12 +95,9 @@ def rerank(
       bge-rerank rerank --run bm25.run --corpus corpus.jsonl --queries queries.jsonl -f trec
     """
     with reported_errors():
-        task = RerankTask(ScoreOptions(long_docs, chunk_overlap, max_chunks), top_k, min_score, depth)
-        flags = OutputFlags(fmt, output, errors, on_error, resume, quiet)
-        if engine == "ray":
-            run_ray(
-                task, config, flags, RayOptions(ray_address, actors, gpus_per_actor, cpus_per_actor), input
-            )
+        task = RerankTask(batch.options, top_k, min_score, depth)
+        if batch.ray is not None:
+            run_ray(task, config, batch.flags, batch.ray, input)
             return
         if run is not None or corpus is not None or queries is not None:
             if run is None or corpus is None or queries is None or input is not None or query is not None:
@@ -128,4 +113,4 @@ def rerank(
             source = ItemsSource([inline_rerank_item(query, docs)])
         else:
             source = jsonl_source(input, "rerank")
-        run_batch(config, flags, source, task, render_rerank_tables)
+        run_batch(config, batch.flags, source, task, render_rerank_tables)

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ..config import LoaderConfig
 from ..errors import UsageError
 from ..jobs import Task
-from .batch import OutputFlags
+from .batch import OutputFlags, RayOptions
 from .console import err_console, say
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    address: str | None
-    actors: int
-    gpus_per_actor: float | None
-    cpus_per_actor: float
 
 
 def run_ray(

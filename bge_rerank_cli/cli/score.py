@@ -6,20 +6,22 @@ from typing import Annotated
 
 import typer
 
-from ..config import DEFAULT_CHUNK_OVERLAP, DEFAULT_MAX_CHUNKS, LoaderConfig, LongDocs, ScoreOptions
+from ..config import LoaderConfig
 from ..errors import UsageError
 from ..inputs import inline_score_items
-from ..jobs import ItemsSource, OnError, ScoreTask, Source
+from ..jobs import ItemsSource, ScoreTask, Source
 from . import options as opt
-from .batch import OutputFlags, jsonl_source, run_batch
+from .batch import BatchOptions, batch_options, jsonl_source, run_batch
 from .exits import reported_errors
-from .scale import RayOptions, run_ray
+from .scale import run_ray
 from .views import render_score_table
 
 
 @opt.loader_options()
+@batch_options()
 def score(
     config: LoaderConfig,
+    batch: BatchOptions,
     input: Annotated[
         str | None,
         typer.Argument(
@@ -35,20 +37,6 @@ def score(
         list[str] | None,
         typer.Option("--passage", "-p", metavar="TEXT", help="A passage for --query (repeatable)."),
     ] = None,
-    long_docs: opt.LongDocsOption = LongDocs.TRUNCATE,
-    chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
-    max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
-    fmt: opt.FormatOption = opt.Format.AUTO,
-    output: opt.Output = None,
-    on_error: opt.OnErrorOption = OnError.FAIL,
-    errors: opt.ErrorsFile = None,
-    resume: opt.Resume = False,
-    quiet: opt.Quiet = False,
-    engine: opt.EngineOption = opt.Engine.LOCAL,
-    ray_address: opt.RayAddress = None,
-    actors: opt.Actors = 1,
-    gpus_per_actor: opt.GpusPerActor = None,
-    cpus_per_actor: opt.CpusPerActor = 1.0,
 ) -> None:
     """Score (query, passage) pairs.
 
@@ -61,12 +49,9 @@ def score(
       bge-rerank score -q "what is deep learning?" -p "Deep learning is ..." -p "Apples are ..."
     """
     with reported_errors():
-        task = ScoreTask(ScoreOptions(long_docs, chunk_overlap, max_chunks))
-        flags = OutputFlags(fmt, output, errors, on_error, resume, quiet)
-        if engine == "ray":
-            run_ray(
-                task, config, flags, RayOptions(ray_address, actors, gpus_per_actor, cpus_per_actor), input
-            )
+        task = ScoreTask(batch.options)
+        if batch.ray is not None:
+            run_ray(task, config, batch.flags, batch.ray, input)
             return
         if query is not None or passage:
             if input is not None:
@@ -76,4 +61,4 @@ def score(
             source: Source = ItemsSource(inline_score_items(query, passage))
         else:
             source = jsonl_source(input, "score")
-        run_batch(config, flags, source, task, render_score_table)
+        run_batch(config, batch.flags, source, task, render_score_table)

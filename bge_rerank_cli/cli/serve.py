@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import DEFAULT_CHUNK_OVERLAP, DEFAULT_MAX_CHUNKS, Choice, LoaderConfig, LongDocs, ScoreOptions
+from ..config import Choice, LoaderConfig, ScoreOptions
 from ..errors import BgeRerankError, ExitCode, UsageError
 from . import options as opt
 from .console import say
@@ -24,8 +24,10 @@ class LogFormat(Choice):
 
 
 @opt.loader_options()
+@opt.long_docs_options()
 def serve(
     config: LoaderConfig,
+    options: ScoreOptions,
     host: Annotated[
         str,
         typer.Option(
@@ -45,9 +47,6 @@ def serve(
             rich_help_panel=SERVICE,
         ),
     ] = None,
-    long_docs: opt.LongDocsOption = LongDocs.TRUNCATE,
-    chunk_overlap: opt.ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
-    max_chunks: opt.MaxChunks = DEFAULT_MAX_CHUNKS,
     max_docs: Annotated[
         int,
         typer.Option(
@@ -130,7 +129,7 @@ def serve(
             say(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach this port can use "
                 "the model and fill its queue. Set --api-key (or BGE_RERANK_API_KEY), or bind 127.0.0.1.")  # fmt: skip
         limits = Limits(max_docs, max_body_bytes, max_queue, timeout, gather_ms / 1000)
-        engine = Engine(config, ScoreOptions(long_docs, chunk_overlap, max_chunks), limits)
+        engine = Engine(config, options, limits)
         fatal: list[BaseException] = []
         server: uvicorn.Server | None = None
 

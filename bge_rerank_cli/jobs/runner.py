@@ -304,26 +304,30 @@ def _save(
 
 @contextmanager
 def _open(path: str | None, stream: BinaryIO | None, *, append: bool) -> Iterator[BinaryIO]:
+    """The output file, or the given stream (stdout by default) for ``None`` and ``"-"``."""
     if path is None or path == "-":
         yield stream if stream is not None else sys.stdout.buffer
         return
-    try:
-        handle = open(path, "ab" if append else "wb")  # noqa: SIM115  # closed below
-    except OSError as exc:
-        raise InvalidOption("output", f"{path}: cannot write it ({exc.strerror}).") from None
-    with handle:
+    with _writable(path, "output", append=append) as handle:
         yield handle
 
 
 @contextmanager
 def _open_errors(path: str | None, *, append: bool) -> Iterator[BinaryIO]:
+    """The rejected-lines log, or a scratch buffer when there is none."""
     if path is None:
         yield io.BytesIO()
         return
+    with _writable(path, "errors", append=append) as handle:
+        yield handle
+
+
+@contextmanager
+def _writable(path: str, setting: str, *, append: bool) -> Iterator[BinaryIO]:
     try:
         handle = open(path, "ab" if append else "wb")  # noqa: SIM115  # closed below
     except OSError as exc:
-        raise InvalidOption("errors", f"{path}: cannot write it ({exc.strerror}).") from None
+        raise InvalidOption(setting, f"{path}: cannot write it ({exc.strerror}).") from None
     with handle:
         yield handle
 
