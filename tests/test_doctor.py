@@ -73,7 +73,7 @@ def test_a_healthy_machine_passes_everything():
 
 
 def test_tensorflow_with_keras_3_and_no_tf_keras():
-    packages = {**healthy().packages, "tensorflow": "2.16.1", "keras": "3.3.3"}
+    packages = {**healthy().packages, "transformers": "4.44.2", "tensorflow": "2.16.1", "keras": "3.3.3"}
     result = C.check_tensorflow(healthy(packages=packages))
     assert result.status == "warn"
     assert "keras.src" in result.finding and "Keras 3" in result.finding
@@ -87,6 +87,27 @@ def test_tensorflow_with_keras_3_and_no_tf_keras():
     assert fixed.status == "ok"
     old_keras = C.check_tensorflow(healthy(packages={**packages, "keras": "2.15.0"}))
     assert old_keras.status == "ok"
+
+
+@pytest.mark.parametrize(
+    ("transformers", "env", "status"),
+    [
+        ("4.44.2", {}, "warn"),  # transformers 4 imports TensorFlow when it finds it: the keras.src crash
+        ("4.44.2", {"USE_TF": "0"}, "ok"),  # the fix the check offers, honoured
+        ("4.44.2", {"USE_TF": "false"}, "ok"),
+        ("4.44.2", {"USE_TF": "1"}, "warn"),
+        ("5.0.0", {}, "ok"),  # transformers 5 contains no TensorFlow code
+        ("5.24.0", {"USE_TF": "1"}, "ok"),
+    ],
+)
+def test_tensorflow_check_follows_the_installed_transformers_and_use_tf(
+    transformers: str, env: dict, status: str
+):
+    packages = {**healthy().packages, "transformers": transformers, "tensorflow": "2.16.1", "keras": "3.3.3"}
+    result = C.check_tensorflow(healthy(packages=packages, env=env))
+    assert result.status == status, result.finding
+    if transformers.startswith("5"):
+        assert "no TensorFlow code" in result.finding
 
 
 def test_transformers_cache_is_a_warning_naming_its_replacement():
@@ -243,3 +264,44 @@ def test_probe_ray_against_a_closed_local_port():
 
     assert probe_ray(None, 1.0) is None
     assert "not reachable" in (probe_ray("127.0.0.1:9", 1.0) or "")
+
+
+def test_doctor_view_keeps_every_fix_whole_at_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from bge_rerank_cli.cli.doctor import _render
+
+    missing = replace(
+        CACHED, present=False, snapshot=None, files=()
+    )  # not cached, Hub unreachable: long fixes
+    results = run_checks(
+        healthy(model=missing, hub=Reachability(False, "https://huggingface.co unreachable"))
+    )
+    assert any(r.status == "fail" and "hf download BAAI/bge-reranker-v2-m3" in r.fix for r in results)
+    for width in (80, 200):
+        buffer = io.StringIO()
+        _render(results, Console(file=buffer, width=width, soft_wrap=True, color_system=None))
+        text = buffer.getvalue()
+        for r in results:
+            if r.fix:
+                assert f"fix: {r.fix}" in text  # one unbroken line, however narrow the terminal
+            assert r.finding in text and "…" not in text
+
+
+def test_an_empty_model_folder_is_named_in_our_words(tmp_path: Path):
+    from bge_rerank_cli.backends import load_scorer
+    from bge_rerank_cli.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"has no config\.json: it is not a Hugging Face model folder"):
+        load_scorer(LoaderConfig(model=str(tmp_path)))
+
+
+def test_a_failed_model_load_gives_its_own_fix():
+    from bge_rerank_cli.doctor.snapshot import ModelCheck
+
+    failed = C.check_model_load(healthy(model_check=ModelCheck(error="boom", hint="Do this.")))
+    assert (failed.status, failed.fix) == ("fail", "Do this.")
+    bare = C.check_model_load(healthy(model_check=ModelCheck(error="boom")))
+    assert "BGE_RERANK_DEBUG=1 bge-rerank score -m" in bare.fix and "checks above" not in bare.fix

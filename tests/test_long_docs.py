@@ -145,3 +145,16 @@ def test_rerank_and_api_in_chunk_mode(tiny_xlmr: Path):
         {k: v["logit"] for k, v in by_index.items()}
     )
     assert next(d for d in api.results if d.index == 0).scored.best_chunk is not None
+
+
+def test_limits_in_messages_are_the_effective_ones(tiny_xlmr: Path):
+    """--max-length above the model's limit: every message speaks of the limit in use and this model."""
+    from tests.conftest import run_cli
+
+    line = b'{"query": "q", "passage": "' + b"word " * 3000 + b'"}\n'
+    result = run_cli(["score", "-m", str(tiny_xlmr), "--max-length", "8192", "-f", "jsonl"], stdin=line)
+    assert result.returncode == 0, result.stderr.decode()
+    err = result.stderr.decode()
+    assert "max length 512 (the model's limit)" in err and "did not fit --max-length 512" in err
+    assert "8192 and lost" not in err and "bge-reranker-v2-m3" not in err
+    assert "read 1 line, wrote 1 record " in err

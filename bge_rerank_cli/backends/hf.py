@@ -58,6 +58,13 @@ def load_cross_encoder(config: LoaderConfig, device: str, dtype: str) -> Any:
             f"model directory {config.model} does not exist.",
             hint=f"Give {option('model')} a Hugging Face id or an existing directory.",
         )
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise ModelError(
+            f"model directory {config.model} has no config.json: it is not a Hugging Face model folder "
+            "(or a download into it did not finish).",
+            hint="A reranker folder holds config.json, the weights (model.safetensors) and the tokenizer files, "
+            "as save_pretrained() or `hf download MODEL --local-dir DIR` write them.",
+        )
     quiet_libraries()
     if config.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"

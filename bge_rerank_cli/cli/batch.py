@@ -165,7 +165,8 @@ def summarise(report: Report, config: LoaderConfig) -> None:
         lines = f" ({report.read} blank lines)" if report.read else ""
         term.say(f"[yellow]warning:[/] no records in the input{lines}; nothing to do.")
         return
-    parts = [f"read {report.read} lines", f"wrote {report.written} {report.unit}"]
+    unit = report.unit if report.written != 1 else report.unit.removesuffix("s").replace("querie", "query")
+    parts = [f"read {report.read} line{'s' if report.read != 1 else ''}", f"wrote {report.written} {unit}"]
     if report.skipped:
         parts.append(f"skipped {report.skipped}" + (f" (see {report.errors})" if report.errors else ""))
     if report.blank:

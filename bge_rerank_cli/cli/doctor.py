@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
-from typing import Annotated
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
+from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from ..config import LoaderConfig
-from ..errors import ExitCode
+from ..errors import ExitCode, render
 from . import options as opt
 from .console import err_console, out_console
-from .exits import reported_errors
+from .exits import flag_name, reported_errors
 
-ICONS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+if TYPE_CHECKING:
+    from ..doctor import CheckResult
+
+ICONS = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
 
 
 @opt.loader_options()
@@ -34,7 +37,7 @@ def doctor(
 ) -> None:
     """Diagnose the install: versions, TensorFlow/Keras conflicts, model cache, Hub access, CUDA, CPU.
 
-    Every check reports ok, warn or FAIL with its finding and the fix. Exit code 0 when nothing failed, 1 otherwise. Takes the same model flags as the other commands, so it checks the model you would use.
+    Every check reports ok, warn or FAIL with its finding and the fix. Exit code 0 when nothing failed, 5 otherwise. Takes the same model flags as the other commands, so it checks the model you would use.
     """
     from ..doctor import collect, run_checks
 
@@ -45,6 +48,7 @@ def doctor(
                 results = run_checks(collect(config, check_model=check_model, timeout=timeout))
         else:
             results = run_checks(collect(config, check_model=check_model, timeout=timeout))
+        results = [_in_flags(r) for r in results]
         failed = any(r.status == "fail" for r in results)
         if as_json:
             payload = {"ok": not failed, "model": config.model, "checks": [asdict(r) for r in results]}
@@ -52,13 +56,21 @@ def doctor(
                 orjson.dumps(payload, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
             )
         else:
-            table = Table(title="bge-rerank doctor", title_justify="left", show_lines=True)
-            table.add_column("status", no_wrap=True)
-            table.add_column("check", no_wrap=True, style="bold")
-            table.add_column("finding", ratio=3)
-            table.add_column("fix", ratio=2)
-            for r in results:
-                table.add_row(ICONS[r.status], r.name, escape(r.finding), escape(r.fix))
-            out_console().print(table)
+            _render(results, out_console(soft_wrap=True))
         if failed:
             raise typer.Exit(ExitCode.CHECKS_FAILED)
+
+
+def _in_flags(result: CheckResult) -> CheckResult:
+    """Settings the library names in a finding or fix, spelled as this command's flags."""
+    return replace(result, finding=render(result.finding, flag_name), fix=render(result.fix, flag_name))
+
+
+def _render(results: list[CheckResult], console: Console) -> None:
+    """One block per check: status, name and finding on a line, the fix on its own line below. Long
+    lines wrap in the terminal (soft wrap): nothing is cut, and a command in a fix stays one line to copy."""
+    console.print("[bold]bge-rerank doctor[/]")
+    for r in results:
+        console.print(f"{ICONS[r.status]} [bold]{r.name}[/]: {escape(r.finding)}")
+        if r.fix:
+            console.print(f"    [cyan]fix:[/] {escape(r.fix)}")

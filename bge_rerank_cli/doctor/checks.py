@@ -83,6 +83,22 @@ def check_tensorflow(s: Snapshot) -> CheckResult:
         return CheckResult(
             "tensorflow-keras", "ok", "TensorFlow is not installed: no Keras conflict possible."
         )
+    transformers = s.packages.get("transformers")
+    if transformers and _major_minor(transformers)[0] >= 5:
+        return CheckResult(
+            "tensorflow-keras",
+            "ok",
+            f"{tf} is installed, but transformers {transformers} contains no TensorFlow code, so the Keras 3 "
+            "conflict (\"No module named 'keras.src'\") cannot arise through it (that is a transformers 4.x story).",
+        )
+    use_tf = s.env.get("USE_TF", "").strip().lower()
+    if use_tf in ("0", "false", "no", "off"):
+        return CheckResult(
+            "tensorflow-keras",
+            "ok",
+            f"{tf} with Keras {keras or 'not installed'}: USE_TF={s.env['USE_TF']} is set, so transformers "
+            f"{transformers or ''} does not import TensorFlow in this environment.".replace("  ", " "),
+        )
     if _major_minor(keras)[0] >= 3 and not tf_keras:
         return CheckResult(
             "tensorflow-keras",
@@ -416,7 +432,11 @@ def check_model_load(s: Snapshot) -> CheckResult:
             "model-load", "ok", "skipped (pass --check-model to load the model and score a pair)."
         )
     if m.error:
-        return CheckResult("model-load", "fail", m.error, "See the checks above for the cause.")
+        fix = m.hint or (
+            "Rerun the load with BGE_RERANK_DEBUG=1 for the full traceback, e.g. "
+            f"`BGE_RERANK_DEBUG=1 bge-rerank score -m {s.config.model} -q a -p b`."
+        )
+        return CheckResult("model-load", "fail", m.error, fix)
     return CheckResult(
         "model-load",
         "ok",

@@ -136,6 +136,7 @@ class ModelCheck:
     error: str | None = None
     device: str = ""
     dtype: str = ""
+    hint: str | None = None  # what the error says to do (settings named with errors.option())
 
 
 @dataclass(frozen=True)
@@ -438,6 +439,6 @@ def run_model_check(config: LoaderConfig) -> ModelCheck:
         info: dict[str, Any] = scorer.describe()
         return ModelCheck(load_s, time.perf_counter() - started, None, info["device"], info["dtype"])
     except BgeRerankError as exc:
-        return ModelCheck(error=str(exc))
+        return ModelCheck(error=exc.message, hint=exc.hint)
     except Exception as exc:
         return ModelCheck(error=f"{type(exc).__name__}: {exc}"[:400])
