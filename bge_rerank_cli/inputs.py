@@ -65,15 +65,38 @@ def split_lines(data: bytes) -> list[bytes]:
     return io.BytesIO(data).readlines()
 
 
+JSONL_HINT = "the input is JSONL: one JSON object per line"
+
+
 def parse_object(line: bytes, number: int, source: str) -> dict[str, Any]:
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON ({exc.msg})", source=source, line=number) from None
+        raise InputError(
+            f"invalid JSON ({exc.msg}){_format_hint(line, number)}", source=source, line=number
+        ) from None
     if not isinstance(obj, dict):
         kind = type(obj).__name__ if obj is not None else "null"
-        raise InputError(f"expected a JSON object, got {kind}", source=source, line=number)
+        hint = (
+            f"; {JSONL_HINT} (for a JSON array: jq -c '.[]' FILE)" if number == 1 and kind == "list" else ""
+        )
+        raise InputError(f"expected a JSON object, got {kind}{hint}", source=source, line=number)
     return obj
+
+
+def _format_hint(line: bytes, number: int) -> str:
+    """On line 1, what the file looks like instead of JSONL, and the one-liner that converts it."""
+    if number != 1:
+        return ""
+    text = line.strip()
+    if text in (b"[", b"{") or text.startswith((b"[{", b"[ {")):
+        return f"; {JSONL_HINT}: a pretty-printed or array JSON file converts with jq -c '.[]' FILE (array) or jq -c . FILE"
+    if b"," in text or b"\t" in text:
+        return (
+            f"; {JSONL_HINT}, and this looks like CSV/TSV: convert with "
+            'python -c "import csv, json, sys; [print(json.dumps(r, ensure_ascii=False)) for r in csv.DictReader(sys.stdin)]" < FILE.csv'
+        )
+    return f"; {JSONL_HINT}"
 
 
 def read_jsonl(stream: BinaryIO, source: str = "<input>") -> Iterator[tuple[int, dict[str, Any]]]:

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from bge_rerank_cli.errors import InputError
-from bge_rerank_cli.inputs import parse_rerank_item, parse_score_item, read_jsonl, records
+from bge_rerank_cli.inputs import parse_object, parse_rerank_item, parse_score_item, read_jsonl, records
 
 
 def lines(data: bytes) -> list[tuple[int, dict]]:
@@ -102,3 +102,22 @@ def test_readers_are_lazy_and_turn_bad_lines_into_rejections():
     assert rest[0].reason.startswith("invalid JSON") and rest[0].raw == b"not json"
     assert rest[2].reason.startswith('missing "passage"')
     assert list(records(io.BytesIO(b""), "s", parse_rerank_item)) == []
+
+
+@pytest.mark.parametrize(
+    ("first_line", "says"),
+    [
+        (b"query,passage", "looks like CSV/TSV: convert with python -c"),
+        (b"query\tpassage", "looks like CSV/TSV"),
+        (b"[", "jq -c '.[]' FILE"),
+        (b"{", "jq -c . FILE"),
+        (b'[{"query": "q", "passage": "p"}]', "(for a JSON array: jq -c '.[]' FILE)"),
+    ],
+)
+def test_a_file_that_is_not_jsonl_says_so_on_line_1(first_line: bytes, says: str):
+    with pytest.raises(InputError) as error:
+        parse_score_item(parse_object(first_line, 1, "in"), 1, "in")
+    assert "one JSON object per line" in str(error.value) and says in str(error.value)
+    with pytest.raises(InputError) as later:
+        parse_object(b"query,passage", 2, "in")
+    assert "per line" not in str(later.value)  # only line 1 guesses at the format
