@@ -21,49 +21,114 @@ def bar(score: float, width: int = 20) -> str:
 
 
 def elide(text: str, limit: int = TEXT_WIDTH) -> str:
+    """Whitespace folded; past ``limit`` characters cut at the end with ``…(+N chars)`` saying how much."""
     flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    if len(flat) <= limit:
+        return flat
+    keep = max(1, limit - 14)
+    return f"{flat[:keep]}…(+{len(flat) - keep} chars)"
+
+
+def fit(text: str, cells: int) -> str:
+    """:func:`elide` by terminal cells instead of characters (CJK characters take two cells)."""
+    from rich.cells import cell_len
+
+    flat = " ".join(text.split())
+    if cell_len(flat) <= cells:
+        return flat
+    keep = len(flat)
+    while keep > 1:
+        candidate = f"{flat[:keep]}…(+{len(flat) - keep} chars)"
+        if cell_len(candidate) <= cells:
+            return candidate
+        keep = min(keep - 1, keep * cells // max(1, cell_len(candidate)))
+    return f"{flat[:1]}…(+{len(flat) - 1} chars)"
+
+
+LEGEND = "[dim]bar: score 0..1 · was: position in the input · …(+N chars): text cut for display[/]"
 
 
 def render_score_table(rows: list[tuple[ScoreItem, Scored]], console: Any, chart: bool = False) -> None:
+    if chart:
+        render_score_chart(rows, console)
+        return
     table = Table(title="scores", title_justify="left", show_lines=False, expand=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("score", justify="right")
-    table.add_column("" if chart else "logit", justify="left" if chart else "right")
-    table.add_column("query", overflow="ellipsis", max_width=40)
-    table.add_column("passage", overflow="ellipsis")
+    table.add_column("logit", justify="right")
+    table.add_column("query", overflow="fold", max_width=40)
+    table.add_column("passage", overflow="fold")
     for item, scored in rows:
-        third = f"[green]{bar(scored.score)}[/]" if chart else f"{scored.logit:.3f}"
         table.add_row(
             str(item.line),
             f"{scored.score:.4f}",
-            third,
+            f"{scored.logit:.3f}",
             escape(elide(item.query, 60)),
             escape(elide(item.passage)),
         )
     console.print(table)
 
 
+def render_score_chart(rows: list[tuple[ScoreItem, Scored]], console: Any) -> None:
+    """One line per pair: its line number, a score bar of fixed length, the score, the passage cut to fit."""
+    console.print("[bold]scores[/]")
+    room = max(16, console.width - 35)  # line number, bar and score take 34 cells
+    for item, scored in rows:
+        console.print(
+            f"{item.line:>5} [green]{bar(scored.score)}[/] {scored.score:.4f}  {escape(fit(item.passage, room))}",
+            overflow="ignore",
+            no_wrap=True,
+            crop=False,
+        )
+    console.print("[dim]bar: score 0..1 · …(+N chars): text cut for display[/]")
+
+
 def render_rerank_tables(results: list[RerankResult], console: Any, chart: bool = False) -> None:
     for result in results:
-        render_rerank_table(result, console, chart)
+        (render_rerank_chart if chart else render_rerank_table)(result, console)
+    if results:
+        console.print(
+            LEGEND if not chart else "[dim]bar: score 0..1 · ↑N/↓N: places moved from the input order[/]"
+        )
 
 
-def render_rerank_table(result: RerankResult, console: Any, chart: bool = False) -> None:
-    title = (
+def _title(result: RerankResult) -> str:
+    return (
         f"[bold]{escape(elide(result.query, 100))}[/]  [dim]({len(result.results)} of {result.candidates})[/]"
     )
-    table = Table(title=title, title_justify="left", expand=False)
+
+
+def _label(doc: Any) -> str:
+    label = doc.fields.get("id") or doc.fields.get("title")
+    return f"[cyan]{escape(str(label))}[/] " if label is not None else ""
+
+
+def render_rerank_table(result: RerankResult, console: Any) -> None:
+    table = Table(title=_title(result), title_justify="left", expand=False)
     table.add_column("rank", justify="right")
     table.add_column("score", justify="right")
-    table.add_column("", justify="left")
+    table.add_column("", justify="left", no_wrap=True, min_width=20)
     table.add_column("was", justify="right", style="dim")
-    table.add_column("text", overflow="ellipsis", max_width=50 if chart else None)
+    table.add_column("text", overflow="fold")
     for doc in result.results:
-        label = doc.fields.get("id") or doc.fields.get("title")
-        prefix = f"[cyan]{escape(str(label))}[/] " if label is not None else ""
-        text = prefix + escape(elide(doc.text, 48 if chart else TEXT_WIDTH))
+        text = _label(doc) + escape(elide(doc.text, TEXT_WIDTH))
         table.add_row(
             str(doc.rank), f"{doc.score:.4f}", f"[green]{bar(doc.score)}[/]", str(doc.index + 1), text
         )
     console.print(table)
+
+
+def render_rerank_chart(result: RerankResult, console: Any) -> None:
+    """Per query, one line per document: rank, a score bar of fixed length, the score, how far it moved."""
+    console.print(_title(result))
+    room = max(10, console.width - 44)
+    from rich.text import Text
+
+    for doc in result.results:
+        moved = doc.index + 1 - doc.rank
+        plain = f"↑{moved}" if moved > 0 else f"↓{-moved}" if moved < 0 else "="
+        colour = "green" if moved > 0 else "red" if moved < 0 else "dim"
+        arrow = f"[{colour}]{plain}[/]" + " " * max(0, 3 - len(plain))
+        head = f"{doc.rank:>4} [green]{bar(doc.score)}[/] {doc.score:.4f} {arrow} " + _label(doc)
+        room = max(16, console.width - Text.from_markup(head).cell_len - 1)
+        console.print(head + escape(fit(doc.text, room)), overflow="ignore", no_wrap=True, crop=False)
