@@ -90,6 +90,7 @@ class DemoTimings:
     load_s: float
     pairs: int
     scoring_s: float
+    random_weights: bool = False
 
     @property
     def pairs_per_s(self) -> float:
@@ -134,4 +135,5 @@ def timings(scorer: Scorer, results: Sequence[DemoResult]) -> DemoTimings:
         load_s=float(getattr(scorer, "load_seconds", 0.0)),
         pairs=sum(len(r.rows) for r in results),
         scoring_s=sum(r.latency_s for r in results),
+        random_weights=bool(info.get("random_weights", False)),
     )

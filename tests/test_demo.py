@@ -45,6 +45,7 @@ def test_demo_jsonl_has_bm25_and_reranked_orders_and_timings(tiny_xlmr: Path):
     assert timings["pairs"] == sum(len(q.passages) for q in DEMO_QUERIES)
     assert timings["pairs_per_s"] > 0 and timings["load_s"] > 0
     assert (timings["device"], timings["dtype"]) == ("cpu", "fp32")
+    assert timings["random_weights"] is True  # the stand-in is labelled in the output itself
 
 
 def test_demo_language_filter(tiny_xlmr: Path):

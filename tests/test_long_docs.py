@@ -157,4 +157,5 @@ def test_limits_in_messages_are_the_effective_ones(tiny_xlmr: Path):
     err = result.stderr.decode()
     assert "max length 512 (the model's limit)" in err and "did not fit --max-length 512" in err
     assert "8192 and lost" not in err and "bge-reranker-v2-m3" not in err
-    assert "read 1 line, wrote 1 record " in err
+    assert "read 1 line, wrote 1 record " in err and "1 pair scored" in err
+    assert "stand-in model:" in err and "RANDOM weights" in err  # the test model is labelled wherever it runs

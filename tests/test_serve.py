@@ -210,6 +210,9 @@ def test_auth(server: Server):
         assert response.status_code == 401
         assert "Traceback" not in response.text and KEY not in response.text
     assert httpx.get(server.url + "/metrics").status_code == 401
+    ready = server.get("/ready").json()
+    assert ready["status"] == "ready" and ready["random_weights"] is True and ready["backend"] == "torch"
+    assert "stand-in model" in server.log.read_text()
     assert (
         server.get("/docs").status_code == 200 and server.get("/openapi.json").json()["paths"]["/v2/rerank"]
     )

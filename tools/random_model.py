@@ -87,6 +87,7 @@ def build_xlmr(
         bos_token_id=0,
         eos_token_id=2,
         architectures=["XLMRobertaForSequenceClassification"],
+        bge_rerank_random_weights=True,  # bge-rerank labels this model a stand-in wherever it is used
     )
     torch.manual_seed(seed)
     model = XLMRobertaForSequenceClassification(config).eval()
@@ -134,6 +135,7 @@ def build_bert(path: str | Path, *, seed: int = 0, initializer_range: float = 0.
         num_labels=1,
         initializer_range=initializer_range,
         architectures=["BertForSequenceClassification"],
+        bge_rerank_random_weights=True,
     )
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config).eval()

@@ -192,4 +192,11 @@ def tokenizer_facts(ce: Any) -> dict[str, Any]:
         "model_limit": model_token_limit(transformer.model.config, tokenizer),
         "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         "use_type_ids": "token_type_ids" in tokenizer.model_input_names,
+        "random_weights": random_weights(transformer.model.config),
     }
+
+
+def random_weights(model_config: Any) -> bool:
+    """True for a stand-in model with random weights, as ``tools/random_model.py`` builds them: its scores
+    and orders mean nothing, and every front end says so."""
+    return bool(getattr(model_config, "bge_rerank_random_weights", False))

@@ -70,6 +70,7 @@ class OnnxScorer(TokenizedScorer):
             model_limit=int(meta["model_limit"]),
             pad_id=int(meta["pad_id"]),
             use_type_ids=bool(meta["use_type_ids"]),
+            random_weights=bool(meta.get("random_weights", False)),
         )
         self.device = "cpu"
         self.dtype = "int8" if config.quantize == "int8" else "fp32"
@@ -83,7 +84,8 @@ class OnnxScorer(TokenizedScorer):
         self._inputs = {i.name for i in self._session.get_inputs()}
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.config.model, "device": "cpu", "dtype": self.dtype, "backend": "onnx"}
+        return {"model": self.config.model, "device": "cpu", "dtype": self.dtype, "backend": "onnx",
+                "max_length": self.max_length, "random_weights": self.random_weights}  # fmt: skip
 
     def logits(self, batch: Sequence[Encoded]) -> list[float]:
         import numpy as np
@@ -171,6 +173,7 @@ def export(config: LoaderConfig, folder: Path) -> None:
         "pad_id": facts["pad_id"],
         "use_type_ids": facts["use_type_ids"],
         "model_limit": facts["model_limit"],
+        "random_weights": facts["random_weights"],
         "version": FORMAT_VERSION,
     }
     (tmp / "meta.json").write_bytes(orjson.dumps(meta))

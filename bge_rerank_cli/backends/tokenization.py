@@ -134,9 +134,12 @@ class TokenizedScorer:
     model_limit: int
     pairs: PairTokenizer
 
+    random_weights: bool = False
+
     def _setup(self, config: LoaderConfig, tokenizer_json: str, *, model_limit: int, pad_id: int,
-               use_type_ids: bool) -> None:  # fmt: skip
+               use_type_ids: bool, random_weights: bool = False) -> None:  # fmt: skip
         self.config = config
+        self.random_weights = random_weights
         self.model_limit = model_limit
         self.max_length = effective_max_length(config, model_limit)
         self.pairs = PairTokenizer(

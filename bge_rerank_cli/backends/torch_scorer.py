@@ -99,7 +99,8 @@ class TorchScorer(TokenizedScorer):
         return self.batch_tokens // 4 if self.device.startswith("cuda") else super().fill_tokens
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.config.model, "device": self.device, "dtype": self.dtype, "backend": "torch"}
+        return {"model": self.config.model, "device": self.device, "dtype": self.dtype, "backend": "torch",
+                "max_length": self.max_length, "random_weights": self.random_weights}  # fmt: skip
 
     def logits(self, batch: Sequence[Encoded]) -> list[float]:
         import torch

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import LoaderConfig, ScoreOptions
 from ..errors import UsageError
@@ -22,6 +23,7 @@ from ..jobs import Job, JsonlSource, OnError, Output, Report, Source, StopSwitch
 from . import console as term
 from . import options as opt
 from .exits import flag_name
+from .views import STAND_IN
 
 T = TypeVar("T")
 
@@ -174,7 +176,9 @@ def summarise(report: Report, config: LoaderConfig) -> None:
     line = ", ".join(parts) + f" in {report.seconds:.1f}s"
     stats = report.stats
     if stats.pairs:
-        line += f"; {stats.pairs} pairs scored at {report.pairs_per_second:.1f}/s"
+        line += (
+            f"; {stats.pairs} pair{'s' if stats.pairs != 1 else ''} scored at {report.pairs_per_second:.1f}/s"
+        )
         if stats.unique_pairs < stats.pairs:
             line += f", {stats.pairs - stats.unique_pairs} duplicates scored once"
         if stats.windowed:
@@ -189,6 +193,8 @@ def summarise(report: Report, config: LoaderConfig) -> None:
         )
     if stats.truncated:
         term.say(truncation_advice(report))
+    if report.scorer.get("random_weights"):
+        term.say(STAND_IN.format(model=escape(str(report.scorer.get("model")))))
 
 
 def truncation_advice(report: Report) -> str:

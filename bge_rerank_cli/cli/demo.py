@@ -17,7 +17,7 @@ from ..outputs import score_fields
 from . import console as term
 from . import options as opt
 from .exits import reported_errors
-from .views import bar, elide
+from .views import STAND_IN, bar, elide
 
 
 class DemoFormat(Choice):
@@ -103,6 +103,7 @@ def _timings_record(summary: DemoTimings, results: list[DemoResult]) -> dict[str
         "latency_ms_mean": sum(latencies) / len(latencies) if latencies else 0.0,
         "latency_ms_max": max(latencies, default=0.0),
         "pairs_per_s": summary.pairs_per_s,
+        "random_weights": summary.random_weights,
     }
 
 
@@ -162,3 +163,5 @@ def _render_timings(summary: DemoTimings, results: list[DemoResult], console: Co
     console.print(
         f"answer ranked first: BM25 {bm25_right}/{len(results)}, reranker {answers_up}/{len(results)}"
     )
+    if summary.random_weights:
+        console.print(STAND_IN.format(model=escape(summary.model)))

@@ -13,6 +13,10 @@ from rich.table import Table
 from ..records import RerankResult, Scored, ScoreItem
 
 TEXT_WIDTH = 120  # characters of passage text shown in tables
+STAND_IN = (
+    "[bold yellow]stand-in model:[/] {model} has RANDOM weights (built by tools/random_model.py): "
+    "its scores and orders are meaningless."
+)
 
 
 def bar(score: float, width: int = 20) -> str:

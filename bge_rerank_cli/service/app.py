@@ -85,6 +85,13 @@ def create_app(
             except BaseException as exc:
                 if on_fatal is not None:
                     on_fatal(exc)
+                return
+            info = engine.describe()
+            print(f"bge-rerank serve: ready ({info.get('backend')} {info.get('dtype')} on {info.get('device')}, "
+                  f"max length {info.get('max_length')})", file=sys.stderr, flush=True)  # fmt: skip
+            if info.get("random_weights"):
+                print(f"bge-rerank serve: stand-in model: {engine.model} has RANDOM weights (built by "
+                      "tools/random_model.py): its scores and orders are meaningless.", file=sys.stderr, flush=True)  # fmt: skip
 
         threading.Thread(target=load, name="bge-rerank-load", daemon=True).start()
         yield
@@ -123,7 +130,7 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics) -> None:
     @app.get("/ready", summary="Model loaded and warmed up")
     async def ready() -> JSONResponse:
         if engine.ready:
-            return JSONResponse({"status": "ready", "model": engine.model})
+            return JSONResponse({"status": "ready", "model": engine.model, **engine.describe()})
         state = "failed" if engine.error is not None else "loading"
         return JSONResponse({"status": state, "model": engine.model}, 503)
 

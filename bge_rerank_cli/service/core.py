@@ -87,6 +87,10 @@ class Engine:
             raise
         self._ready.set()
 
+    def describe(self) -> dict[str, object]:
+        """The loaded scorer's facts (backend, device, dtype, effective max length, random weights)."""
+        return {} if self.scorer is None else self.scorer.describe()
+
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close(timeout=30)
