@@ -96,3 +96,25 @@ def test_a_closed_pipe_ends_with_sigpipe_status_in_every_format(tiny_xlmr, tmp_p
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 141, stderr.decode()
     assert b"Traceback" not in stderr
+
+
+def test_scoring_does_not_import_scikit_learn_yet_sentence_transformers_still_can(tiny_xlmr):
+    """sklearn (~3.7 s of sentence-transformers' import here) is deferred until something calls it."""
+    code = (
+        "import sys\n"
+        "from bge_rerank_cli import Reranker\n"
+        f"print(Reranker({str(tiny_xlmr)!r}, device='cpu').score('a', ['b'])[0].logit)\n"
+        "print('sklearn' in sys.modules, 'sklearn.metrics' in sys.modules)\n"
+        "import torch\n"
+        "from sentence_transformers.util import similarity\n"
+        "print(similarity.manhattan_sim(torch.ones(2, 3).to_sparse(), torch.zeros(2, 3).to_sparse()).tolist())\n"
+        "import sklearn.metrics\n"
+        "print(type(sklearn.metrics.pairwise_distances).__name__, hasattr(sklearn, '__version__'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, timeout=120,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    lines = result.stdout.decode().splitlines()
+    assert lines[1] == "False False"
+    assert lines[2] == "[[-3.0, -3.0], [-3.0, -3.0]]"  # the deferred function imports and runs the real one
+    assert lines[3] == "function True"  # later imports get the real modules

@@ -7,7 +7,13 @@ runs the model it loads; the ONNX backend loads it once to export it.
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
 import os
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +106,60 @@ def load_cross_encoder(config: LoaderConfig, device: str, dtype: str) -> Any:
     return ce
 
 
+# Imported by sentence-transformers at start-up for functions that scoring never calls: scikit-learn's
+# metrics (sentence_transformers.util.similarity: pairwise_distances), ~3.7 s of a 5-11 s import here.
+DEFERRED = ("sklearn", "sklearn.metrics")
+
+
+@contextmanager
+def deferred_imports(names: tuple[str, ...] = DEFERRED) -> Iterator[None]:
+    """While sentence-transformers imports, stand in for ``names`` (those not imported yet): a lowercase
+    name taken from them is a function that imports the real module on its first call; a class name
+    imports the real module at once; private and dunder names are absent (as ``inspect`` probes them). Afterwards the stand-ins leave ``sys.modules``, so later imports get
+    the real modules; what sentence-transformers bound keeps working, one first call later."""
+    stubs = {name: _Deferred(name) for name in names if name not in sys.modules}
+    sys.modules.update(stubs)
+    try:
+        yield
+    finally:
+        for name, stub in stubs.items():
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
+
+
+class _Deferred(types.ModuleType):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        self.__path__: list[str] = []
+
+    def __getattr__(self, attr: str) -> Any:
+        name = self.__name__
+        if attr.startswith("_"):  # __file__, __version__, ...: probed by inspect and friends; not there
+            raise AttributeError(attr)
+        if not attr.islower():
+            return getattr(_real(name), attr)
+
+        def deferred(*args: Any, **kwargs: Any) -> Any:
+            return getattr(_real(name), attr)(*args, **kwargs)
+
+        deferred.__name__ = attr
+        return deferred
+
+
+def _real(name: str) -> Any:
+    if isinstance(sys.modules.get(name), _Deferred):
+        del sys.modules[name]
+    return importlib.import_module(name)
+
+
 def _cross_encoder(
     config: LoaderConfig, name: str, device: str, torch_dtype: Any, *, local_only: bool, is_local: bool
 ) -> Any:
     import torch
-    from sentence_transformers import CrossEncoder
+
+    with deferred_imports():
+        from sentence_transformers import CrossEncoder
 
     try:
         return CrossEncoder(
