@@ -182,6 +182,9 @@ def spec(name: str, model: Path, args: argparse.Namespace, python: str | None) -
         cmd += ["--served-model-name", "bench-model", "--engine", "torch", "--device", "cpu"]
         cmd += ["--port", str(port), "--host", "127.0.0.1", "--batch-size", str(args.batch_size)]
         cmd += ["--dtype", "float32", "--no-bettertransformer", "--no-compile", "--no-vector-disk-cache"]
+        # No built-in warm-up: every server gets the same --warmup requests instead. infinity's own warms up
+        # at long shapes (the full-size model's 8192-token limit) and ran past 15 minutes on 2 cores.
+        cmd += ["--no-model-warmup"]
         cmd += ["--log-level", "warning"]
         env.update(DO_NOT_TRACK="1", INFINITY_ANONYMOUS_USAGE_STATS="0")  # no telemetry calls
         return Spec(name, cmd, env, "/health", "/rerank", port)
@@ -564,6 +567,35 @@ def _write_doc(mode: str, report: str) -> None:
     doc.write_text(text)
 
 
+def _reused(args: argparse.Namespace, names: list[str]) -> list[dict]:
+    """Results of servers not run now, from an earlier --json of the same workload (--reuse FILE)."""
+    if not args.reuse:
+        return []
+    earlier = json.loads(Path(args.reuse).read_text())
+    mine = [a for a in args.argv if not a.startswith(("--servers", "--reuse", "--json"))]
+    theirs = [a for a in earlier["argv"] if not a.startswith(("--servers", "--reuse", "--json"))]
+    if _workload(mine) != _workload(theirs):
+        raise SystemExit(f"--reuse {args.reuse}: another workload ({' '.join(theirs)}); rerun everything.")
+    kept = [r for r in earlier["results"] if r["server"] not in names and "error" not in r]
+    print(f"reusing {', '.join(r['server'] for r in kept)} from {args.reuse}", file=sys.stderr)
+    return kept
+
+
+def _workload(argv: list[str]) -> list[str]:
+    """The arguments that decide the requests and the servers' settings (not which servers run)."""
+    keep, out, i = ("--requests", "--docs", "--seed", "--passage-words", "--batch-size", "--max-length",
+                    "--concurrency", "--model", "--quick", "--warmup"), [], 0  # fmt: skip
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if name in keep:
+            out.append(argv[i])
+            if "=" not in argv[i] and name != "--quick" and i + 1 < len(argv):
+                out.append(argv[i + 1])
+                i += 1
+        i += 1
+    return out
+
+
 def _ints(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -612,6 +644,9 @@ def main() -> int:
         help="Run infinity-emb with this Python ('current': this one) instead of building its venv.",
     )
     parser.add_argument("--rebuild-infinity", action="store_true", help="Recreate the infinity-emb venv.")
+    parser.add_argument(
+        "--reuse", help="Take the results of servers not run now from this earlier --json file."
+    )
     parser.add_argument("--progress", action="store_true", help="Print each phase to stderr as it ends.")
     parser.add_argument("--json", help="Also write the raw numbers (every latency and score) to this file.")
     parser.add_argument(
@@ -653,7 +688,7 @@ def main() -> int:
     prepare_exports(model, names, args.max_length, deadline - time.monotonic())
     bodies = [body(r) for r in requests_of(args.requests, args.docs, args.seed, args.passage_words)]
     warmups = [body(r) for r in requests_of(args.warmup, args.docs, args.seed + 1, args.passage_words)]
-    results: list[dict] = []
+    results: list[dict] = _reused(args, names)
 
     def save() -> None:
         if args.json:

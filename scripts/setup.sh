@@ -16,5 +16,7 @@ extras=""
 if [ "$#" -gt 0 ]; then
     extras="[$(IFS=,; echo "$*")]"
 fi
-"$VENV/bin/python" -m pip install --quiet -e ".${extras}"
+# setuptools warns at every editable install that a folder named like the package may shadow it (it is
+# this very checkout): a block of noise on every run, silenced here (UserWarning category only).
+PYTHONWARNINGS="ignore::UserWarning" "$VENV/bin/python" -m pip install --quiet -e ".${extras}"
 echo "bge-rerank installed in $VENV ($("$VENV/bin/bge-rerank" --version))" >&2

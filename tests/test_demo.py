@@ -84,3 +84,17 @@ def test_demo_long_manual_is_flagged_or_chunked(tiny_xlmr: Path, mode: str):
         assert manual["truncated"] is True and manual["dropped_tokens"] > 0
     else:
         assert manual["best_chunk"]["chunks"] > 1
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_demo_view_shows_the_keyword_trap_at_any_width(tiny_xlmr: Path, columns: int):
+    from rich.cells import cell_len
+
+    result = run_cli(["demo", "--model", str(tiny_xlmr), "--lang", "zh", "--format", "table"],
+                     env={"COLUMNS": str(columns)})  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode()
+    assert all(cell_len(line) <= columns for line in out.splitlines())
+    # the distractor made of the query's words is readable, not ~9 characters of it
+    assert "Python中的JSON文件和Python文件有什么区别" in out
+    assert "✔ the answer" in out and "stand-in model:" in out  # the legend, and the model's label

@@ -305,3 +305,7 @@ def test_a_failed_model_load_gives_its_own_fix():
     assert (failed.status, failed.fix) == ("fail", "Do this.")
     bare = C.check_model_load(healthy(model_check=ModelCheck(error="boom")))
     assert "BGE_RERANK_DEBUG=1 bge-rerank score -m" in bare.fix and "checks above" not in bare.fix
+
+
+def test_sizes_read_well_small_and_large():
+    assert C.size(2 * GB) == "2.00 GiB" and C.size(300 * 1024) == "0.3 MiB" and C.size(5 * 2**20) == "5.0 MiB"

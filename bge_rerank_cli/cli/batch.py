@@ -183,8 +183,9 @@ def summarise(report: Report, config: LoaderConfig) -> None:
             line += f", {stats.pairs - stats.unique_pairs} duplicates scored once"
         if stats.windowed:
             line += f", {stats.windowed} long passages in {stats.sequences} windows"
-    if report.max_length is not None and report.max_length != config.max_length:
-        line += f"; max length {report.max_length} (the model's limit)"
+    if report.max_length is not None:  # the effective length: the request, clamped to the model once
+        clamped = " (the model's limit)" if report.max_length != config.max_length else ""
+        line += f"; max length {report.max_length}{clamped}"
     term.say(f"[dim]{line}[/]")
     if report.top1_replacement_rate is not None:
         term.say(

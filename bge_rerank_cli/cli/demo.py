@@ -17,7 +17,7 @@ from ..outputs import score_fields
 from . import console as term
 from . import options as opt
 from .exits import reported_errors
-from .views import STAND_IN, bar, elide
+from .views import STAND_IN, bar, elide, fit
 
 
 class DemoFormat(Choice):
@@ -107,7 +107,8 @@ def _timings_record(summary: DemoTimings, results: list[DemoResult]) -> dict[str
     }
 
 
-def _label(row: DemoRow, width: int) -> str:
+def _marks(row: DemoRow) -> tuple[str, str]:
+    """The row's marks (✔ answer, ✂N tokens cut, ⧉i/n best window) and the text to show."""
     mark = "[green]✔[/] " if row.answer else "  "
     scored, text = row.scored, row.text
     if scored.truncated:
@@ -116,6 +117,11 @@ def _label(row: DemoRow, width: int) -> str:
     if chunk is not None and chunk.count > 1:
         mark += f"[cyan]⧉{chunk.index + 1}/{chunk.count}[/] "
         text = "…" + text[chunk.start : chunk.end]
+    return mark, text
+
+
+def _label(row: DemoRow, width: int) -> str:
+    mark, text = _marks(row)
     return mark + escape(elide(text, width))
 
 
@@ -127,7 +133,42 @@ def _move(change: int) -> str:
     return "[dim]·[/]"
 
 
+WIDE = 120  # below this many columns the two orders are shown one above the other
+LEGEND = (
+    "[dim]✔ the answer · ✂N tokens cut to fit · ⧉i/n best window of a long passage · "
+    "↑N/↓N places moved from BM25's order · bar: score 0..1[/]"
+)
+
+
 def _render(result: DemoResult, console: Console) -> None:
+    if console.width >= WIDE:
+        _render_side_by_side(result, console)
+    else:
+        _render_stacked(result, console)
+    console.print(f"[dim]{result.latency_s * 1000:.0f} ms for {len(result.rows)} pairs[/]\n")
+
+
+def _render_stacked(result: DemoResult, console: Console) -> None:
+    """Narrow terminals: BM25's order, then the reranked order, one line per passage fitted to the width,
+    so each passage shows as much text as the line holds and the keyword trap is visible."""
+    from rich.text import Text
+
+    console.print(f"[bold]{escape(result.query)}[/]")
+    console.print("  [dim]BM25 order (keyword search)[/]")
+    for first in result.bm25_order:
+        mark, text = _marks(first)
+        head = f"  {first.bm25_rank:>2} {mark}"
+        room = max(16, console.width - Text.from_markup(head).cell_len - 1)
+        console.print(head + escape(fit(text, room)), overflow="ignore", no_wrap=True, crop=False)
+    console.print("  [dim]reranked order[/]")
+    for row in result.rows:
+        mark, text = _marks(row)
+        head = f"  {row.rank:>2} {row.score:.3f} [green]{bar(row.score, 10)}[/] {_move(row.change):>3} {mark}"
+        room = max(16, console.width - Text.from_markup(head).cell_len - 1)
+        console.print(head + escape(fit(text, room)), overflow="ignore", no_wrap=True, crop=False)
+
+
+def _render_side_by_side(result: DemoResult, console: Console) -> None:
     from rich import box
 
     table = Table(
@@ -147,7 +188,6 @@ def _render(result: DemoResult, console: Console) -> None:
             _move(second.change),
         )
     console.print(table)
-    console.print(f"[dim]{result.latency_s * 1000:.0f} ms for {len(result.rows)} pairs[/]\n")
 
 
 def _render_timings(summary: DemoTimings, results: list[DemoResult], console: Console) -> None:
@@ -163,5 +203,6 @@ def _render_timings(summary: DemoTimings, results: list[DemoResult], console: Co
     console.print(
         f"answer ranked first: BM25 {bm25_right}/{len(results)}, reranker {answers_up}/{len(results)}"
     )
+    console.print(LEGEND)
     if summary.random_weights:
         console.print(STAND_IN.format(model=escape(summary.model)))

@@ -73,6 +73,11 @@ def check_versions(s: Snapshot) -> CheckResult:
     return CheckResult("versions", "ok", listing, "", versions)
 
 
+def size(n: int) -> str:
+    """Bytes for people: GiB from 1 GiB up, MiB below (a small model is not "0.00 GiB")."""
+    return f"{n / GB:.2f} GiB" if n >= GB else f"{n / 2**20:.1f} MiB"
+
+
 TF_PACKAGES = ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tf-nightly")
 
 
@@ -226,7 +231,7 @@ def check_model_files(s: Snapshot) -> CheckResult:
                 "Save the model completely (model.save_pretrained and tokenizer.save_pretrained).",
             )  # fmt: skip
         return CheckResult(
-            name, "ok", f"local directory {m.model}: {len(m.files)} files, {m.size_bytes / GB:.2f} GiB."
+            name, "ok", f"local directory {m.model}: {len(m.files)} files, {size(m.size_bytes)}."
         )
     if m.incomplete:
         return CheckResult(
@@ -265,7 +270,7 @@ def check_model_files(s: Snapshot) -> CheckResult:
             f"{m.model}: cached snapshot lacks {', '.join(missing)}.",
             f"Re-download with `{_download(s)}`.",
         )
-    return CheckResult(name, "ok", f"{m.model} is completely in the cache ({m.size_bytes / GB:.2f} GiB).")
+    return CheckResult(name, "ok", f"{m.model} is completely in the cache ({size(m.size_bytes)}).")
 
 
 def check_offline(s: Snapshot) -> CheckResult:

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 from ..backends.base import Scorer
 from ..config import Choice, ScoreOptions
 from ..engine import Interrupted, JobControl, RunStats
-from ..errors import InputError, InvalidOption, ResumeError, UsageError, option
+from ..errors import InvalidOption, ResumeError, UsageError, option
 from ..outputs import JsonlWriter, LineWriter, TsvWriter
 from .checkpoint import RESUME, Checkpoint, ResumePoint, last_jsonl_record, truncate_to
 from .intake import ErrorLog, Intake, OnError
@@ -332,4 +332,4 @@ def _writable(path: str, setting: str, *, append: bool) -> Iterator[BinaryIO]:
         yield handle
 
 
-__all__ = ["InputError", "Job", "Output", "OutputFormat", "Report", "run"]
+__all__ = ["Job", "Output", "OutputFormat", "Report", "run"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import InputError, UsageError, option
-from ..inputs import ARGUMENTS, Rejected, open_input, parse_line, read_lines
+from ..inputs import ARGUMENTS, STDIN, Rejected, open_input, parse_line, read_lines
 from .checkpoint import ResumePoint, skip_done
 from .tasks import Task
 
@@ -38,7 +38,7 @@ class JsonlSource:
 
     @property
     def name(self) -> str:
-        return "<stdin>" if self.path in (None, "-") else str(self.path)
+        return STDIN if self.path in (None, "-") else str(self.path)
 
     def items(self, task: Task[Any, Any], resume: ResumePoint | None = None) -> Iterator[Any]:
         with open_input(self.path) as (stream, source):
