@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from speed import CACHE, _token_range, model_dir, workload  # noqa: E402
+from speed import CACHE, _token_range, model_dir, peer_venv, workload  # noqa: E402
 
 SERVERS = ("ours-torch-fp32", "ours-onnx-int8", "infinity-torch-fp32")
 KNOWN = (*SERVERS, "ours-onnx-fp32", "st-fastapi-fp32")
@@ -107,33 +107,7 @@ def infinity_python(rebuild: bool = False, python_path: str | None = None) -> tu
         if out.returncode != 0:
             return None, f"infinity-emb does not import in {given}: {_last(out.stderr)}"
         return given, ""
-    python = INFINITY_VENV / "bin" / "python"
-    probe = [str(python), "-c", probe_code]
-    if python.is_file() and not rebuild and subprocess.run(probe, capture_output=True).returncode == 0:
-        return str(python), ""
-    print(f"creating {INFINITY_VENV} for infinity-emb (once; a few minutes) ...", file=sys.stderr)
-    started = time.monotonic()
-    steps = [
-        [sys.executable, "-m", "venv", "--clear", str(INFINITY_VENV)],
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "torch==2.13.0",
-        ],  # the CPU build, before anything pulls CUDA
-        [str(python), "-m", "pip", "install", "-q", *INFINITY_REQUIREMENTS],
-    ]
-    for step in steps:
-        out = subprocess.run(step, capture_output=True, text=True)
-        if out.returncode != 0:
-            return None, f"`{' '.join(step[2:])}` failed: {_last(out.stderr)}"
-    out = subprocess.run(probe, capture_output=True, text=True)
-    if out.returncode != 0:
-        return None, f"infinity-emb does not import in its venv: {_last(out.stderr)}"
-    print(f"{INFINITY_VENV} ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return str(python), ""
+    return peer_venv(INFINITY_VENV, INFINITY_REQUIREMENTS, probe_code, "infinity-emb", rebuild)
 
 
 def _last(stderr: str) -> str:

@@ -277,29 +277,40 @@ def flag_python(rebuild: bool = False, python_path: str | None = None) -> tuple[
             last = (out.stderr.strip().splitlines() or ["?"])[-1][:200]
             return None, f"FlagEmbedding does not import in {given}: {last}"
         return given, ""
-    python = FLAG_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import FlagEmbedding, transformers; print(transformers.__version__)"]
+    return peer_venv(
+        FLAG_VENV, FLAG_REQUIREMENTS, "import FlagEmbedding, transformers", "FlagEmbedding", rebuild
+    )
+
+
+def peer_venv(
+    venv: Path, requirements: list[str], probe_code: str, label: str, rebuild: bool = False
+) -> tuple[str | None, str]:
+    """The Python of a peer's own virtual environment (its pins clash with ours), created on first use:
+    torch==2.13.0 first (the CPU build, before anything pulls CUDA), then ``requirements``; ready when
+    ``probe_code`` runs. Returns (python, "") or (None, why not)."""
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", probe_code]
     if python.is_file() and not rebuild and subprocess.run(probe, capture_output=True).returncode == 0:
         return str(python), ""
-    print(f"creating {FLAG_VENV} for FlagEmbedding (once; a few minutes) ...", file=sys.stderr)
+    print(f"creating {venv} for {label} (once; a few minutes) ...", file=sys.stderr)
+    started = time.monotonic()
     steps = [
-        [sys.executable, "-m", "venv", "--clear", str(FLAG_VENV)],
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "torch==2.13.0",
-        ],  # the CPU build, before anything pulls CUDA
-        [str(python), "-m", "pip", "install", "-q", *FLAG_REQUIREMENTS],
+        [sys.executable, "-m", "venv", "--clear", str(venv)],
+        [str(python), "-m", "pip", "install", "-q", "torch==2.13.0"],
+        [str(python), "-m", "pip", "install", "-q", *requirements],
     ]
     for step in steps:
         out = subprocess.run(step, capture_output=True, text=True)
         if out.returncode != 0:
-            return None, f"`{' '.join(step[2:])}` failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}"
-    if subprocess.run(probe, capture_output=True).returncode != 0:
-        return None, "FlagEmbedding does not import in its venv"
+            lines = [x for x in out.stderr.strip().splitlines() if not x.startswith("WARNING: Location")]
+            return None, f"`{' '.join(step[2:])}` failed: {(lines or ['?'])[-1][:200]}"
+    out = subprocess.run(probe, capture_output=True, text=True)
+    if out.returncode != 0:
+        return (
+            None,
+            f"{label} does not import in its venv: {(out.stderr.strip().splitlines() or ['?'])[-1][:200]}",
+        )
+    print(f"{venv} ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return str(python), ""
 
 
