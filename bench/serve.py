@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from speed import CACHE, _token_range, model_dir, peer_venv, workload  # noqa: E402
+from speed import CACHE, _token_range, model_dir, peer_venv, workload, write_section  # noqa: E402
 
 SERVERS = ("ours-torch-fp32", "ours-onnx-int8", "infinity-torch-fp32")
 KNOWN = (*SERVERS, "ours-onnx-fp32", "st-fastapi-fp32")
@@ -528,17 +528,7 @@ def render(results: list[dict], skipped: dict[str, str], args: argparse.Namespac
 
 
 def _write_doc(mode: str, report: str) -> None:
-    doc = ROOT / "docs" / "benchmarks.md"
-    doc.parent.mkdir(exist_ok=True)
-    text = doc.read_text() if doc.is_file() else "# Benchmarks\n"
-    start, end = f"<!-- {mode}:start -->", f"<!-- {mode}:end -->"
-    section = f"{start}\n## {mode}: `bge-rerank serve` against infinity-emb over HTTP\n\n{report}\n{end}"
-    if start in text:
-        head, _, rest = text.partition(start)
-        text = head + section + rest.partition(end)[2]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    doc.write_text(text)
+    write_section(mode, f"{mode}: `bge-rerank serve` against infinity-emb over HTTP", report)
 
 
 def _reused(args: argparse.Namespace, names: list[str]) -> list[dict]:

@@ -578,15 +578,21 @@ def _token_range(text: str) -> tuple[int, int]:
 
 
 def _write_doc(mode: str, report: str, argv: str) -> None:
+    write_section(mode, f"{mode} run: `python bench/speed.py {argv}`", report)
+
+
+def write_section(mode: str, title: str, report: str) -> None:
+    """Put ``report`` under ``title`` in docs/benchmarks.md, replacing the section the same ``mode`` wrote
+    before (between its start and end markers), or appending it."""
     doc = ROOT / "docs" / "benchmarks.md"
     doc.parent.mkdir(exist_ok=True)
     text = (
         doc.read_text()
         if doc.is_file()
-        else "# Benchmarks\n\nWritten by `bench/speed.py`; each section is replaced by the run that produced it.\n"
+        else "# Benchmarks\n\nWritten by the scripts in `bench/`; each section is replaced by the run that produced it.\n"
     )
     start, end = f"<!-- {mode}:start -->", f"<!-- {mode}:end -->"
-    section = f"{start}\n## {mode} run: `python bench/speed.py {argv}`\n\n{report}\n{end}"
+    section = f"{start}\n## {title}\n\n{report}\n{end}"
     if start in text:
         head, _, rest = text.partition(start)
         text = head + section + rest.partition(end)[2]

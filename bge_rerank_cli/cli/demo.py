@@ -17,7 +17,7 @@ from ..outputs import score_fields
 from . import console as term
 from . import options as opt
 from .exits import reported_errors
-from .views import STAND_IN, bar, elide, fit
+from .views import STAND_IN, bar, elide, print_fitted
 
 
 class DemoFormat(Choice):
@@ -151,21 +151,16 @@ def _render(result: DemoResult, console: Console) -> None:
 def _render_stacked(result: DemoResult, console: Console) -> None:
     """Narrow terminals: BM25's order, then the reranked order, one line per passage fitted to the width,
     so each passage shows as much text as the line holds and the keyword trap is visible."""
-    from rich.text import Text
-
     console.print(f"[bold]{escape(result.query)}[/]")
     console.print("  [dim]BM25 order (keyword search)[/]")
     for first in result.bm25_order:
         mark, text = _marks(first)
-        head = f"  {first.bm25_rank:>2} {mark}"
-        room = max(16, console.width - Text.from_markup(head).cell_len - 1)
-        console.print(head + escape(fit(text, room)), overflow="ignore", no_wrap=True, crop=False)
+        print_fitted(console, f"  {first.bm25_rank:>2} {mark}", text)
     console.print("  [dim]reranked order[/]")
     for row in result.rows:
         mark, text = _marks(row)
         head = f"  {row.rank:>2} {row.score:.3f} [green]{bar(row.score, 10)}[/] {_move(row.change):>3} {mark}"
-        room = max(16, console.width - Text.from_markup(head).cell_len - 1)
-        console.print(head + escape(fit(text, room)), overflow="ignore", no_wrap=True, crop=False)
+        print_fitted(console, head, text)
 
 
 def _render_side_by_side(result: DemoResult, console: Console) -> None:

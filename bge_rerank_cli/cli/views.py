@@ -49,6 +49,14 @@ def fit(text: str, cells: int) -> str:
     return f"{flat[:1]}…(+{len(flat) - 1} chars)"
 
 
+def print_fitted(console: Any, head: str, text: str) -> None:
+    """One line: ``head`` (Rich markup), then ``text`` cut with :func:`fit` to the cells left on the line."""
+    from rich.text import Text
+
+    room = max(16, console.width - Text.from_markup(head).cell_len - 1)
+    console.print(head + escape(fit(text, room)), overflow="ignore", no_wrap=True, crop=False)
+
+
 LEGEND = "[dim]bar: score 0..1 · was: position in the input · …(+N chars): text cut for display[/]"
 
 
@@ -76,13 +84,9 @@ def render_score_table(rows: list[tuple[ScoreItem, Scored]], console: Any, chart
 def render_score_chart(rows: list[tuple[ScoreItem, Scored]], console: Any) -> None:
     """One line per pair: its line number, a score bar of fixed length, the score, the passage cut to fit."""
     console.print("[bold]scores[/]")
-    room = max(16, console.width - 35)  # line number, bar and score take 34 cells
     for item, scored in rows:
-        console.print(
-            f"{item.line:>5} [green]{bar(scored.score)}[/] {scored.score:.4f}  {escape(fit(item.passage, room))}",
-            overflow="ignore",
-            no_wrap=True,
-            crop=False,
+        print_fitted(
+            console, f"{item.line:>5} [green]{bar(scored.score)}[/] {scored.score:.4f}  ", item.passage
         )
     console.print("[dim]bar: score 0..1 · …(+N chars): text cut for display[/]")
 
@@ -125,14 +129,13 @@ def render_rerank_table(result: RerankResult, console: Any) -> None:
 def render_rerank_chart(result: RerankResult, console: Any) -> None:
     """Per query, one line per document: rank, a score bar of fixed length, the score, how far it moved."""
     console.print(_title(result))
-    room = max(10, console.width - 44)
-    from rich.text import Text
-
     for doc in result.results:
         moved = doc.index + 1 - doc.rank
         plain = f"↑{moved}" if moved > 0 else f"↓{-moved}" if moved < 0 else "="
         colour = "green" if moved > 0 else "red" if moved < 0 else "dim"
         arrow = f"[{colour}]{plain}[/]" + " " * max(0, 3 - len(plain))
-        head = f"{doc.rank:>4} [green]{bar(doc.score)}[/] {doc.score:.4f} {arrow} " + _label(doc)
-        room = max(16, console.width - Text.from_markup(head).cell_len - 1)
-        console.print(head + escape(fit(doc.text, room)), overflow="ignore", no_wrap=True, crop=False)
+        print_fitted(
+            console,
+            f"{doc.rank:>4} [green]{bar(doc.score)}[/] {doc.score:.4f} {arrow} " + _label(doc),
+            doc.text,
+        )
