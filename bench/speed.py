@@ -18,6 +18,14 @@ and max |Δscore| (sigmoid) against fp32 torch, and writes docs/benchmarks.md.
                                                    # <=512-token passages, like the published GPU figures
     bash bench/gpu.sh                              # the GPU runs, as made on a lent GPU machine
 
+Decoder rerankers (--model-kind qwen3): the exact Qwen3-Reranker-0.6B shape with random weights, 20
+documents per query (passages 20-300 words), CPU fp32: the Qwen3-Reranker model card's transformers loop
+(`qwen3-reference-fp32`: each query's documents in one left-padded batch, full-vocabulary logits) against
+ours without (`ours-torch-noreuse-fp32`) and with prefix reuse (`ours-torch-fp32`), and ours on ONNX int8.
+
+    python bench/speed.py --model-kind qwen3 --quick    # a 4-layer Qwen3, a minute
+    python bench/speed.py --model-kind qwen3            # Qwen3-Reranker-0.6B shape (~15 minutes on 2 cores)
+
 On a GPU add --warmup full: each engine scores the whole workload once, untimed, before its timed pass
 (otherwise each new batch shape's first kernels are timed; the default 2-pair warm-up keeps CPU runs short).
 
@@ -38,6 +46,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,6 +62,8 @@ GPU_ENGINES = (
 )
 REFERENCE = "st-predict-fp32"  # fp32 torch, the scores every other engine is compared with
 PEERS = {"st": "st-predict", "flag": "flag"}
+QWEN3_ENGINES = ("qwen3-reference-fp32", "ours-torch-noreuse-fp32", "ours-torch-fp32", "ours-onnx-int8")
+QWEN3_REFERENCE = "qwen3-reference-fp32"
 FLAG_VENV = CACHE / "flag-venv"
 FLAG_REQUIREMENTS = ["FlagEmbedding==1.4.2", "transformers<=5.23"]  # FlagEmbedding breaks on 5.24
 
@@ -69,6 +80,74 @@ def model_dir(quick: bool) -> Path:
         else:
             build_bge_m3_architecture(path)
     return path
+
+
+def qwen3_model_dir(quick: bool) -> Path:
+    path = CACHE / ("quick-qwen3" if quick else "qwen3-reranker-0.6b-shape")
+    if not (path / "config.json").is_file():
+        from tools.random_model import build_qwen3_reranker, build_qwen3_reranker_architecture
+
+        if quick:
+            build_qwen3_reranker(path, layers=4, hidden=256, heads=4, kv_heads=2, head_dim=64, ffn=768,
+                                 initializer_range=0.02)  # fmt: skip
+        else:
+            build_qwen3_reranker_architecture(path)
+    return path
+
+
+def query_workload(pairs: int, docs: int = 20, seed: int = 11, passage_words: tuple[int, int] = (20, 300)):
+    """Rerank-shaped pairs: queries of 5-20 words, each with ``docs`` passages of mixed length."""
+    from tools.random_model import _WORDS
+
+    rng = random.Random(seed)
+    out: list[tuple[str, str]] = []
+    while len(out) < pairs:
+        q = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 20)))
+        for _ in range(min(docs, pairs - len(out))):
+            out.append((q, " ".join(rng.choice(_WORDS) for _ in range(rng.randint(*passage_words)))))
+    return out
+
+
+def qwen3_reference_loop(model: str, max_length: int) -> tuple[Callable[[list], list[float]], Any]:
+    """The Qwen3-Reranker model card's code (transformers, fp32): each query's documents go through
+    ``process_inputs`` and ``compute_logits`` as one batch, as the card scores a list of pairs."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
+    lm = AutoModelForCausalLM.from_pretrained(model).eval()
+    token_false_id = tokenizer.convert_tokens_to_ids("no")
+    token_true_id = tokenizer.convert_tokens_to_ids("yes")
+    prefix = (
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+        'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+    )
+    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    prefix_tokens = tokenizer.encode(prefix, add_special_tokens=False)
+    suffix_tokens = tokenizer.encode(suffix, add_special_tokens=False)
+    task = "Given a web search query, retrieve relevant passages that answer the query"
+
+    def process_inputs(pairs: list[str]) -> Any:
+        inputs = tokenizer(pairs, padding=False, truncation="longest_first", return_attention_mask=False,
+                           max_length=max_length - len(prefix_tokens) - len(suffix_tokens))  # fmt: skip
+        for i, ele in enumerate(inputs["input_ids"]):
+            inputs["input_ids"][i] = prefix_tokens + ele + suffix_tokens
+        return tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)
+
+    @torch.no_grad()
+    def compute_logits(inputs: Any) -> list[float]:
+        batch_scores = lm(**inputs).logits[:, -1, :]
+        stacked = torch.stack([batch_scores[:, token_false_id], batch_scores[:, token_true_id]], dim=1)
+        return torch.nn.functional.log_softmax(stacked, dim=1)[:, 1].exp().tolist()
+
+    def score(batch: list) -> list[float]:
+        out: list[float] = []
+        for query in dict.fromkeys(q for q, _ in batch):  # the card's loop, one query's documents at a time
+            texts = [f"<Instruct>: {task}\n<Query>: {q}\n<Document>: {d}" for q, d in batch if q == query]
+            out += compute_logits(process_inputs(texts))
+        return out
+
+    return score, (tokenizer, process_inputs, task)
 
 
 def workload(
@@ -113,7 +192,9 @@ def worker(
     extra: dict[str, object] = {}
     precision = engine.rsplit("-", 1)[1]
     score: Callable[[list], list[float]]
-    if engine.startswith("st-"):
+    if engine.startswith("qwen3-reference"):
+        score, (_, process_inputs, task) = qwen3_reference_loop(model, max_length)
+    elif engine.startswith("st-"):
         import torch
         from sentence_transformers import CrossEncoder
 
@@ -151,7 +232,7 @@ def worker(
         quantize = "int8" if precision == "int8" else "none"
         config = LoaderConfig(
             model=model, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length,  # type: ignore[arg-type]
-            backend=backend, quantize=quantize, batch_tokens=batch_tokens,
+            backend=backend, quantize=quantize, batch_tokens=batch_tokens, prefix_reuse="noreuse" not in engine,
         )  # fmt: skip
         scorer = load_scorer(config)
 
@@ -168,7 +249,17 @@ def worker(
     scores = score(pairs)
     _sync(device)
     elapsed = time.perf_counter() - started
-    if engine.startswith("st-"):
+    if engine.startswith("qwen3-reference"):
+        lengths, padded = [], 0
+        for query in dict.fromkeys(q for q, _ in pairs):
+            texts = [f"<Instruct>: {task}\n<Query>: {q}\n<Document>: {d}" for q, d in pairs if q == query]
+            mask = process_inputs(texts)["attention_mask"]
+            lengths += mask.sum(-1).tolist()
+            padded += mask.numel()
+        padding = 1 - sum(lengths) / padded
+        attention = _attention(None)
+        extra["real_tokens"] = sum(lengths)
+    elif engine.startswith("st-"):
         padding = _sorted_padding(model, pairs, batch_size, max_length, by_chars=True)
         attention = _attention(ce.model)
     elif engine.startswith("flag-"):
@@ -176,16 +267,23 @@ def worker(
         attention = _attention(reranker.model)
     else:
         unique = list(dict.fromkeys(Pair(q, p) for q, p in pairs))
-        lengths = [len(e.ids) for e in scorer.encode(unique)]
-        batches = token_batches(range(len(lengths)), lengths, scorer.batch_tokens, scorer.fill_tokens)
-        padded = sum(len(b) * lengths[b[0]] for b in batches)
+        encoded = scorer.encode(unique)
+        lengths = [len(e.ids) for e in encoded]
+        keys = (
+            [tuple(e.ids[: e.prefix]) for e in encoded] if getattr(scorer, "groups_prefixes", False) else None
+        )
+        batches = token_batches(range(len(lengths)), lengths, scorer.batch_tokens, scorer.fill_tokens, keys)
+        padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
         padding = 1 - sum(lengths) / padded
+        if getattr(scorer, "template", "cross-encoder") != "cross-encoder":  # prompt tokens count too
+            extra["real_tokens"] = sum(lengths)
+            extra["prefix_runs"] = getattr(scorer, "prefix_runs", 0)
         attention = _attention(getattr(scorer, "_model", None))
         extra["fp32_fallbacks"] = getattr(scorer, "fp32_fallbacks", 0)
         extra["batch_tokens"] = scorer.batch_tokens
     if warmup == "full":
         extra["warmup_seconds"] = warm_seconds
-    tokens = _real_tokens(model, pairs, max_length)
+    tokens = extra.pop("real_tokens", None) or _real_tokens(model, pairs, max_length)
     peak_gpu = None
     if device.startswith("cuda"):
         import torch
@@ -364,6 +462,12 @@ def main() -> int:
         help="Take the reference scores and the peers' speed from this earlier --json run of the same "
         "workload (for engines run again with other settings, e.g. --batch-tokens).",
     )
+    parser.add_argument(
+        "--model-kind",
+        choices=("cross-encoder", "qwen3"),
+        default="cross-encoder",
+        help="qwen3: the Qwen3-Reranker-0.6B shape, 20 documents per query, against the model card's loop.",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
@@ -392,18 +496,24 @@ def main() -> int:
         )
         print(json.dumps(result))
         return 0
-    n = args.pairs or (48 if args.quick else 64)
+    qwen3 = args.model_kind == "qwen3"
+    n = args.pairs or (40 if qwen3 else 48 if args.quick else 64)
     rounds = args.rounds or (2 if args.quick else 1)
-    model = model_dir(args.quick)
     CACHE.mkdir(parents=True, exist_ok=True)
+    model = qwen3_model_dir(args.quick) if qwen3 else model_dir(args.quick)
     custom = args.passage_tokens is not None or args.repeats != 0.1
     tag = f"-{args.passage_tokens[0]}-{args.passage_tokens[1]}" if args.passage_tokens else ""
     tag += f"-r{args.repeats:g}" if args.repeats != 0.1 else ""
-    pairs_file = CACHE / f"workload-{n}{tag}.json"
-    pairs_file.write_text(json.dumps(workload(n, passage_tokens=args.passage_tokens, repeats=args.repeats)))
+    pairs_file = CACHE / (f"queries-{n}{tag}.json" if qwen3 else f"workload-{n}{tag}.json")
+    if qwen3:
+        pairs_file.write_text(json.dumps(query_workload(n, passage_words=args.passage_tokens or (20, 300))))
+    else:
+        pairs_file.write_text(
+            json.dumps(workload(n, passage_tokens=args.passage_tokens, repeats=args.repeats))
+        )
     if custom:
         print(f"workload: {n} pairs in {pairs_file}", file=sys.stderr)
-    default = GPU_ENGINES if args.device.startswith("cuda") else ENGINES
+    default = QWEN3_ENGINES if qwen3 else GPU_ENGINES if args.device.startswith("cuda") else ENGINES
     engines = (args.engines or ",".join(default)).split(",")
     skipped: dict[str, str] = {}
     pythons = {e: sys.executable for e in engines}
@@ -474,6 +584,7 @@ def main() -> int:
         )
     if not args.no_write:
         mode = ("quick" if args.quick else "full") + ("-gpu" if args.device.startswith("cuda") else "")
+        mode = f"qwen3-{mode}" if qwen3 else mode
         _write_doc(mode, report, " ".join(sys.argv[1:]))
     return 0
 
@@ -491,10 +602,13 @@ def render(
 
     ``borrowed`` runs (of an earlier process on the same workload) serve as reference and peers only."""
     pool = {**(borrowed or {}), **best}
-    ref = pool.get(REFERENCE) or next((r for e, r in pool.items() if e.startswith("st-")), None)
+    qwen3 = getattr(args, "model_kind", "cross-encoder") == "qwen3"
+    ref = pool.get(QWEN3_REFERENCE if qwen3 else REFERENCE) or next(
+        (r for e, r in pool.items() if e.startswith("st-")), None
+    )
     peers = {
         name: max((r for e, r in pool.items() if e.startswith(prefix)), key=lambda r: r["pairs"] / r["seconds"], default=None)
-        for name, prefix in PEERS.items()
+        for name, prefix in ({"ref": "qwen3-reference"} if qwen3 else PEERS).items()
     }  # fmt: skip
     peer_names = {name: peer["engine"] for name, peer in peers.items() if peer}
     cols = "".join(f" × {peer_names[p]} |" for p in peer_names)
@@ -539,10 +653,21 @@ def render(
     shape = (
         "scaled-down XLM-R (4 layers, hidden 256)" if args.quick else "bge-reranker-v2-m3 architecture (568M)"
     )
+    if qwen3:
+        shape = (
+            "scaled-down Qwen3 (4 layers, hidden 256)" if args.quick else "Qwen3-Reranker-0.6B architecture"
+        )
+        runs_of = [r for r in best.values() if "prefix_runs" in r]
+        if runs_of:
+            lines.append("\nprefix passes (one per query when reused): " + ", ".join(
+                f"{r['engine']} {r['prefix_runs']}" for r in runs_of))  # fmt: skip
     passages = getattr(args, "passage_tokens", None)
     repeats = getattr(args, "repeats", 0.1)
     kind = f"pairs, passages {passages[0]}-{passages[1]} tokens" if passages else "mixed-length pairs"
-    share = f"~{repeats:.0%} repeated" if repeats else "none repeated"
+    if qwen3:
+        lo, hi = passages or (20, 300)
+        kind = f"pairs, 20 documents per query, passages {lo}-{hi} words, the prompt's tokens counted"
+    share = f"~{repeats:.0%} repeated" if repeats and not qwen3 else "none repeated"
     budget = getattr(args, "batch_tokens", None)
     batch = f"batch size {args.batch_size}" + (f" (ours: {budget} batch tokens)" if budget else "")
     warm = (

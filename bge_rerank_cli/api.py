@@ -21,10 +21,11 @@ from .records import Document, Pair, RerankResult, Scored
 
 
 class Reranker:
-    """Score pairs and rerank candidates with one cross-encoder, in memory or as resumable file jobs.
+    """Score pairs and rerank candidates with one reranker, in memory or as resumable file jobs.
 
     Pass loader options as keywords (``device``, ``dtype``, ``max_length``, ``batch_size``, ``offline``,
-    ``cache_dir``, ``revision``, ``trust_remote_code``, ``backend``, ``quantize``), a ready
+    ``cache_dir``, ``revision``, ``trust_remote_code``, ``backend``, ``quantize``; for decoder rerankers
+    such as Qwen3-Reranker ``template``, ``instruction`` and ``prefix_reuse``), a ready
     :class:`LoaderConfig`, or a ``scorer`` of your own that follows :class:`bge_rerank_cli.backends.Scorer`.
     Long passages: ``long_docs="chunk"`` (with ``chunk_overlap``, ``max_chunks``) scores them by their
     best window instead of truncating. Errors are :class:`bge_rerank_cli.errors.BgeRerankError`

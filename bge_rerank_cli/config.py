@@ -51,6 +51,17 @@ class Quantize(Choice):
     INT8 = "int8"
 
 
+class Template(Choice):
+    """How a pair becomes the model's input. ``auto`` reads it from the model's config: a sequence
+    classifier is a ``cross-encoder``; a causal LM is a decoder reranker whose prompt the model names
+    (``qwen3-reranker``: Qwen/Qwen3-Reranker-*; ``bge-gemma``: BAAI/bge-reranker-v2-gemma)."""
+
+    AUTO = "auto"
+    CROSS_ENCODER = "cross-encoder"
+    QWEN3_RERANKER = "qwen3-reranker"
+    BGE_GEMMA = "bge-gemma"
+
+
 class LongDocs(Choice):
     TRUNCATE = "truncate"
     CHUNK = "chunk"
@@ -90,9 +101,17 @@ class LoaderConfig:
     trust_remote_code: bool = False
     backend: str = "torch"
     quantize: str = "none"
+    template: str = "auto"
+    instruction: str | None = None  # decoder rerankers: the task instruction (None: the model's default)
+    prefix_reuse: bool = True  # decoder rerankers: compute a query's shared prompt prefix once
 
     def __post_init__(self) -> None:
-        for name, choice in (("dtype", Dtype), ("backend", Backend), ("quantize", Quantize)):
+        for name, choice in (
+            ("dtype", Dtype),
+            ("backend", Backend),
+            ("quantize", Quantize),
+            ("template", Template),
+        ):
             object.__setattr__(self, name, choice.parse(name, getattr(self, name)))
         if self.max_length < MIN_MAX_LENGTH:
             raise InvalidOption(
@@ -108,6 +127,11 @@ class LoaderConfig:
             raise InvalidOption("batch_tokens", f"must be positive, got {self.batch_tokens}.")
         if self.query_max_length is not None and self.query_max_length < 1:
             raise InvalidOption("query_max_length", f"must be positive, got {self.query_max_length}.")
+        if self.instruction is not None and self.template == "cross-encoder":
+            raise UsageError(
+                f"{option('instruction')} is for decoder rerankers; {option('template', 'cross-encoder')} "
+                "takes no instruction."
+            )
 
     @property
     def query_cap(self) -> int:

@@ -7,7 +7,7 @@ share a batch, scores each distinct pair once, and puts results back in input or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -66,16 +66,25 @@ class JobControl:
 
 
 def token_batches(
-    indices: Sequence[int], lengths: Sequence[int], budget: int, fill: int | None = None
+    indices: Sequence[int],
+    lengths: Sequence[int],
+    budget: int,
+    fill: int | None = None,
+    keys: Sequence[Hashable] | None = None,
 ) -> list[list[int]]:
     """``indices`` grouped into batches, longest first, each filled up to ``budget`` padded tokens.
 
     Sorting by length keeps padding low; a token budget instead of a fixed count lets short pairs go
     in large batches and long ones in small batches. A sequence longer than the budget goes alone.
     Once a batch holds ``fill`` real tokens, it closes before a sequence shorter than 7/8 of its
-    longest, which would mostly add padding.
+    longest, which would mostly add padding. With ``keys`` (a decoder's shared prompt prefix), the
+    sequences of one key go together, longest first, and a batch never holds two keys.
     """
-    order = sorted(indices, key=lambda i: lengths[i], reverse=True)
+    if keys is None:
+        order = sorted(indices, key=lambda i: lengths[i], reverse=True)
+    else:
+        first = {key: n for n, key in reversed(list(enumerate(keys[i] for i in indices)))}
+        order = sorted(indices, key=lambda i: (first[keys[i]], -lengths[i]))
     fill = budget if fill is None else fill
     batches: list[list[int]] = []
     current: list[int] = []
@@ -85,7 +94,8 @@ def token_batches(
             width = lengths[current[0]]
             over = (len(current) + 1) * width > budget
             padded = real >= fill and lengths[i] * 8 < width * 7
-            if over or padded:
+            other = keys is not None and keys[i] != keys[current[0]]
+            if over or padded or other:
                 batches.append(current)
                 current, real = [], 0
         current.append(i)
@@ -108,7 +118,9 @@ def score_encoded(
     lengths = [len(e.ids) for e in encoded]
     logits: list[float] = [0.0] * len(encoded)
     budget, fill = scorer.batch_tokens, scorer.fill_tokens
-    pending = token_batches(range(len(encoded)), lengths, budget, fill)
+    # A scorer that reuses prompt prefixes wants each batch to hold one query's sequences.
+    keys = [tuple(e.ids[: e.prefix]) for e in encoded] if getattr(scorer, "groups_prefixes", False) else None
+    pending = token_batches(range(len(encoded)), lengths, budget, fill, keys)
     while pending:
         control.check()
         batch = pending.pop(0)
@@ -120,7 +132,7 @@ def score_encoded(
             half = len(batch) // 2
             budget = half * lengths[batch[0]]
             rest = [i for b in pending for i in b]
-            pending = [batch[:half], batch[half:], *token_batches(rest, lengths, budget, fill)]
+            pending = [batch[:half], batch[half:], *token_batches(rest, lengths, budget, fill, keys)]
             control.stats.oom_splits += 1
             continue
         for i, value in zip(batch, values, strict=True):

@@ -4,7 +4,10 @@ Used by the tests (a ~1 MB XLM-RoBERTa and a BERT cross-encoder), by the benchma
 bge-reranker-v2-m3 architecture: throughput does not depend on weight values) and by ``run.sh``
 when the real model cannot be downloaded. Scores of these models carry no meaning.
 
-    python -m tools.random_model DIR [--size tiny|full] [--family xlmr|bert]
+    python -m tools.random_model DIR [--size tiny|full] [--family xlmr|bert|qwen3|gemma]
+
+``--family qwen3`` / ``gemma`` build decoder rerankers (Qwen3-Reranker's and bge-reranker-v2-gemma's
+layouts; ``--size full`` with qwen3 is the exact Qwen3-Reranker-0.6B shape).
 """
 
 from __future__ import annotations
@@ -144,15 +147,172 @@ def build_bert(path: str | Path, *, seed: int = 0, initializer_range: float = 0.
     return out
 
 
+# Qwen2/Qwen3's pre-tokenizer pattern (from their tokenizer.json), so word boundaries fall where the real
+# tokenizer puts them.
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+_ANSWERS = ["yes", "no", "Yes", "No"]  # single tokens, as in the real vocabularies
+
+
+def build_bpe_tokenizer(specials: list[str], extra: list[str] = ()) -> object:  # type: ignore[assignment]
+    """A deterministic byte-level BPE (no training): the 256 byte symbols, then whole-word merges for
+    the answer words, the test vocabulary (bare and space-prefixed) and ``extra``; ``specials`` first."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for piece in [*specials, *alphabet]:
+        vocab.setdefault(piece, len(vocab))
+    merges: list[tuple[str, str]] = []
+    byte_form = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    for word in dict.fromkeys([*_ANSWERS, *extra, *_WORDS]):
+        for form in (word, " " + word):
+            symbols = "".join(piece for piece, _ in byte_form.pre_tokenize_str(form))
+            merged = symbols[0]
+            for symbol in symbols[1:]:
+                if merged + symbol not in vocab:
+                    merges.append((merged, symbol))
+                    vocab[merged + symbol] = len(vocab)
+                merged += symbol
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(specials))
+    return tok
+
+
+QWEN3_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+
+
+def build_qwen3_reranker(
+    path: str | Path,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 16,
+    ffn: int = 128,
+    vocab_size: int | None = None,
+    initializer_range: float = 0.1,
+    seed: int = 0,
+) -> Path:
+    """A random Qwen3 causal LM with Qwen3-Reranker's tokenizer layout (chat special tokens, single-token
+    "yes"/"no"), as Qwen/Qwen3-Reranker-* ship: ``Qwen3ForCausalLM``, tied embeddings."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    out = Path(path)
+    tok = build_bpe_tokenizer(
+        QWEN3_SPECIALS, ["Judge", "Document", "Query", "Instruct", "assistant", "user", "system"]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
+    )
+    tokenizer.model_max_length = 32768
+    config = Qwen3Config(
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=40960,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        initializer_range=initializer_range,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        architectures=["Qwen3ForCausalLM"],
+        bge_rerank_random_weights=True,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_qwen3_reranker_architecture(path: str | Path, *, seed: int = 0) -> Path:
+    """The exact Qwen3-Reranker-0.6B shape (its published config: 28 layers, hidden 1024, 16 query and 8
+    key/value heads of 128, FFN 3072, vocabulary 151669, tied embeddings), random weights."""
+    return build_qwen3_reranker(
+        path, layers=28, hidden=1024, heads=16, kv_heads=8, head_dim=128, ffn=3072, vocab_size=151669,
+        initializer_range=0.02, seed=seed,
+    )  # fmt: skip
+
+
+def build_bge_gemma(
+    path: str | Path,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    head_dim: int = 16,
+    ffn: int = 128,
+    initializer_range: float = 0.1,
+    seed: int = 0,
+) -> Path:
+    """A random Gemma causal LM laid out as BAAI/bge-reranker-v2-gemma (``GemmaForCausalLM``, <bos>,
+    a single-token "Yes")."""
+    import torch
+    from transformers import GemmaConfig, GemmaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(path)
+    tok = build_bpe_tokenizer(GEMMA_SPECIALS, ["Given", "passage", "prediction", "either", "contains"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.model_max_length = 8192
+    config = GemmaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=1,
+        head_dim=head_dim,
+        max_position_embeddings=8192,
+        initializer_range=initializer_range,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        architectures=["GemmaForCausalLM"],
+        bge_rerank_random_weights=True,
+    )
+    torch.manual_seed(seed)
+    model = GemmaForCausalLM(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("path")
     parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
-    parser.add_argument("--family", choices=["xlmr", "bert"], default="xlmr")
+    parser.add_argument("--family", choices=["xlmr", "bert", "qwen3", "gemma"], default="xlmr")
     args = parser.parse_args()
-    if args.family == "bert":
+    if args.family == "qwen3":
+        (build_qwen3_reranker_architecture if args.size == "full" else build_qwen3_reranker)(args.path)
+    elif args.family == "gemma":
+        build_bge_gemma(args.path)
+    elif args.family == "bert":
         build_bert(args.path)
     elif args.size == "full":
         build_bge_m3_architecture(args.path)

@@ -19,7 +19,9 @@ class Encoded:
     """A tokenised pair ready for the model.
 
     ``dropped_tokens`` counts passage tokens cut off, ``query_dropped`` query tokens past the query's
-    cap, and ``span`` is the (start, end) character range of the passage a window covers.
+    cap, and ``span`` is the (start, end) character range of the passage a window covers. ``prefix``
+    counts the leading ids that every passage of the same query shares (a decoder prompt's part before
+    the passage; 0 for a cross-encoder), whose key/value states a backend may compute once.
     """
 
     ids: list[int]
@@ -27,6 +29,7 @@ class Encoded:
     dropped_tokens: int = 0
     query_dropped: int = 0
     span: tuple[int, int] | None = None
+    prefix: int = 0
 
 
 class BatchTooLarge(Exception):

@@ -213,11 +213,15 @@ def _explain_load_failure(
 
 
 def _check_cross_encoder(config: LoaderConfig, ce: Any) -> None:
+    from .prompts import model_template
+
     transformer = ce[0]
     model_config = transformer.model.config
     architectures = list(getattr(model_config, "architectures", None) or [])
     task = getattr(transformer, "transformer_task", "")
-    if task != "sequence-classification" or (
+    if model_template(config.template, config.model, model_config) != "cross-encoder":
+        pass  # a decoder reranker (text-generation): its template was found; the tokenizer check follows
+    elif task != "sequence-classification" or (
         architectures and not any(a.endswith("ForSequenceClassification") for a in architectures)
     ):
         kind = ", ".join(architectures) or task or "unknown"
@@ -226,7 +230,7 @@ def _check_cross_encoder(config: LoaderConfig, ce: Any) -> None:
             hint="A reranker has a sequence-classification head with one output, "
             "e.g. BAAI/bge-reranker-v2-m3 or cross-encoder/ms-marco-MiniLM-L6-v2.",
         )
-    if getattr(model_config, "num_labels", 1) != 1:
+    elif getattr(model_config, "num_labels", 1) != 1:
         raise ModelError(
             f"{config.model} has {model_config.num_labels} output labels; a reranker has exactly one.",
             hint="Use a cross-encoder trained for relevance scoring.",
@@ -247,6 +251,29 @@ def tokenizer_facts(ce: Any) -> dict[str, Any]:
         "model_limit": model_token_limit(transformer.model.config, tokenizer),
         "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         "use_type_ids": "token_type_ids" in tokenizer.model_input_names,
+        "random_weights": random_weights(transformer.model.config),
+    }
+
+
+def template_of(config: LoaderConfig, ce: Any) -> str:
+    """The prompt template a loaded model runs with (``cross-encoder`` for a sequence classifier)."""
+    from .prompts import model_template
+
+    return model_template(config.template, config.model, ce[0].model.config)
+
+
+def decoder_facts(ce: Any) -> dict[str, Any]:
+    """What a decoder scorer needs of a loaded causal LM's tokenizer (the twin of :func:`tokenizer_facts`)."""
+    transformer = ce[0]
+    tokenizer = transformer.tokenizer
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return {
+        "tokenizer_json": tokenizer.backend_tokenizer.to_str(),
+        "model_limit": model_token_limit(transformer.model.config, tokenizer),
+        "pad_id": int(pad),
+        "bos_id": tokenizer.bos_token_id,
         "random_weights": random_weights(transformer.model.config),
     }
 

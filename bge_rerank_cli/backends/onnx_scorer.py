@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import sys
+import types
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ import orjson
 from ..config import LoaderConfig, cpu_threads
 from ..errors import ModelError, UsageError, option
 from .base import Encoded
-from .hf import load_cross_encoder, tokenizer_facts
+from .hf import decoder_facts, load_cross_encoder, template_of, tokenizer_facts
 from .tokenization import TokenizedScorer
 
 log = logging.getLogger("bge_rerank_cli")
@@ -47,10 +48,10 @@ def export_dir(config: LoaderConfig) -> Path:
         if Path(config.model).expanduser().is_dir()
         else config.model
     )
-    key = orjson.dumps(
-        {"v": FORMAT_VERSION, "model": model, "revision": config.revision, "quantize": config.quantize},
-        option=orjson.OPT_SORT_KEYS,
-    )
+    fields = {"v": FORMAT_VERSION, "model": model, "revision": config.revision, "quantize": config.quantize}
+    if config.template != "auto":  # a forced template can change a decoder's answer rows
+        fields["template"] = config.template
+    key = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     name = model.rstrip("/").replace("/", "--")[-60:]  # the resolved path: one folder per model
     return cache_root() / f"{name}-{config.quantize}-{hashlib.sha256(key).hexdigest()[:16]}"
 
@@ -64,14 +65,26 @@ class OnnxScorer(TokenizedScorer):
         except ImportError:
             raise UsageError(f"{option('backend', 'onnx')} needs onnxruntime: {INSTALL_HINT}") from None
         meta = orjson.loads((folder / "meta.json").read_bytes())
-        self._setup(
-            config,
-            (folder / "tokenizer.json").read_text(encoding="utf-8"),
-            model_limit=int(meta["model_limit"]),
-            pad_id=int(meta["pad_id"]),
-            use_type_ids=bool(meta["use_type_ids"]),
-            random_weights=bool(meta.get("random_weights", False)),
-        )
+        self.left_padding = meta.get("template", "cross-encoder") != "cross-encoder"
+        if self.left_padding:  # a decoder reranker, exported with its LM head folded (see .decoder)
+            self._setup_prompt(
+                config,
+                meta["template"],
+                (folder / "tokenizer.json").read_text(encoding="utf-8"),
+                model_limit=int(meta["model_limit"]),
+                pad_id=int(meta["pad_id"]),
+                bos_id=meta.get("bos_id"),
+                random_weights=bool(meta.get("random_weights", False)),
+            )
+        else:
+            self._setup(
+                config,
+                (folder / "tokenizer.json").read_text(encoding="utf-8"),
+                model_limit=int(meta["model_limit"]),
+                pad_id=int(meta["pad_id"]),
+                use_type_ids=bool(meta["use_type_ids"]),
+                random_weights=bool(meta.get("random_weights", False)),
+            )
         self.device = "cpu"
         self.dtype = "int8" if config.quantize == "int8" else "fp32"
         options = ort.SessionOptions()
@@ -84,8 +97,11 @@ class OnnxScorer(TokenizedScorer):
         self._inputs = {i.name for i in self._session.get_inputs()}
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.config.model, "device": "cpu", "dtype": self.dtype, "backend": "onnx",
-                "max_length": self.max_length, "random_weights": self.random_weights}  # fmt: skip
+        described = {"model": self.config.model, "device": "cpu", "dtype": self.dtype, "backend": "onnx",
+                     "max_length": self.max_length, "random_weights": self.random_weights}  # fmt: skip
+        if self.left_padding:
+            described["template"] = self.template
+        return described
 
     def logits(self, batch: Sequence[Encoded]) -> list[float]:
         import numpy as np
@@ -94,8 +110,9 @@ class OnnxScorer(TokenizedScorer):
         ids = np.full((len(batch), width), self.pairs.pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
         for row, enc in enumerate(batch):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
+            cols = slice(width - len(enc.ids), width) if self.left_padding else slice(0, len(enc.ids))
+            ids[row, cols] = enc.ids
+            mask[row, cols] = 1
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             types = np.zeros_like(ids)
@@ -130,11 +147,16 @@ def export(config: LoaderConfig, folder: Path) -> None:
 
     log.warning("exporting %s to ONNX once (cached in %s); this can take a minute.", config.model, folder)
     ce = load_cross_encoder(config, "cpu", "fp32")
-    facts = tokenizer_facts(ce)
+    template = template_of(config, ce)
+    facts = (
+        tokenizer_facts(ce) if template == "cross-encoder" else {**decoder_facts(ce), "use_type_ids": False}
+    )
     transformer = ce[0]
     model = transformer.model
     with contextlib.suppress(Exception):  # plain MatMul/Softmax attention: what onnxruntime fuses
         model.set_attn_implementation("eager")
+    if template != "cross-encoder":
+        model = _folded_module(torch, model, template, facts["tokenizer_json"])
     use_types = bool(facts["use_type_ids"])
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if use_types else [])
 
@@ -175,11 +197,36 @@ def export(config: LoaderConfig, folder: Path) -> None:
         "model_limit": facts["model_limit"],
         "random_weights": facts["random_weights"],
         "version": FORMAT_VERSION,
+        "template": template,
+        "bos_id": facts.get("bos_id"),
     }
     (tmp / "meta.json").write_bytes(orjson.dumps(meta))
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
+
+
+def _folded_module(torch: Any, causal_lm: Any, template: str, tokenizer_json: str) -> Any:
+    """A decoder reranker as a one-logit classifier graph: left-padded ``(input_ids, attention_mask)``
+    in, the log-odds of :class:`~.decoder.FoldedModel` out (as ``logits`` of shape (batch, 1))."""
+    from .decoder import FoldedModel
+    from .prompts import TEMPLATES, answer_ids
+
+    folded = FoldedModel(causal_lm, *answer_ids(TEMPLATES[template], tokenizer_json))
+
+    class Folded(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = folded.body
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            out = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                            use_cache=False)  # fmt: skip
+            # shaped like a classifier's output, which the export wrapper reads ``.logits`` of
+            return types.SimpleNamespace(logits=folded.logits(out.last_hidden_state[:, -1]).unsqueeze(1))
+
+    return Folded().eval()
 
 
 def _export(

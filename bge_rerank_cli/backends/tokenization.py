@@ -13,6 +13,7 @@ from typing import Any
 from ..config import LoaderConfig
 from ..records import Pair
 from .base import CPU_FILL_TOKENS, Encoded
+from .prompts import TEMPLATES, PromptTokenizer
 
 log = logging.getLogger("bge_rerank_cli")
 
@@ -132,7 +133,8 @@ class TokenizedScorer:
     load_seconds: float = 0.0
     max_length: int
     model_limit: int
-    pairs: PairTokenizer
+    pairs: PairTokenizer | PromptTokenizer
+    template: str = "cross-encoder"
 
     random_weights: bool = False
 
@@ -148,6 +150,24 @@ class TokenizedScorer:
             query_cap=config.query_cap,
             pad_id=pad_id,
             use_type_ids=use_type_ids,
+        )
+
+    def _setup_prompt(self, config: LoaderConfig, template: str, tokenizer_json: str, *, model_limit: int,
+                      pad_id: int, bos_id: int | None, random_weights: bool = False) -> None:  # fmt: skip
+        """:meth:`_setup` for a decoder reranker: pairs become ``template``'s prompt."""
+        self.config = config
+        self.random_weights = random_weights
+        self.model_limit = model_limit
+        self.max_length = effective_max_length(config, model_limit)
+        self.template = template
+        self.pairs = PromptTokenizer(
+            tokenizer_json,
+            TEMPLATES[template],
+            instruction=config.instruction,
+            max_length=self.max_length,
+            query_cap=config.query_cap,
+            pad_id=pad_id,
+            bos_id=bos_id,
         )
 
     @property

@@ -9,15 +9,16 @@ from typing import Any
 
 from ..config import LoaderConfig, cpu_threads
 from ..errors import ModelError, option
-from .base import BatchTooLarge, Encoded
-from .hf import load_cross_encoder, tokenizer_facts
+from .base import BatchTooLarge, Encoded, Scorer
+from .hf import load_cross_encoder, template_of, tokenizer_facts
 from .tokenization import TokenizedScorer
 
 log = logging.getLogger("bge_rerank_cli")
 
 
-def load(config: LoaderConfig) -> TorchScorer:
-    """Resolve device and dtype, set CPU threads, load the model and wrap it in a scorer."""
+def load(config: LoaderConfig) -> Scorer:
+    """Resolve device and dtype, set CPU threads, load the model and wrap it in a scorer (a decoder
+    reranker's in :class:`~.decoder.DecoderScorer`)."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     if device == "cpu":
@@ -26,7 +27,13 @@ def load(config: LoaderConfig) -> TorchScorer:
         threads = cpu_threads()
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-    return TorchScorer(config, load_cross_encoder(config, device, dtype), device, dtype)
+    ce = load_cross_encoder(config, device, dtype)
+    template = template_of(config, ce)
+    if template != "cross-encoder":
+        from . import decoder
+
+        return decoder.load(config, ce, device, dtype, template)
+    return TorchScorer(config, ce, device, dtype)
 
 
 def resolve_device(requested: str) -> str:

@@ -27,6 +27,7 @@ from ..config import (
     LongDocs,
     Quantize,
     ScoreOptions,
+    Template,
     valid_device,
 )
 from ..errors import UsageError
@@ -82,7 +83,8 @@ Model = Annotated[
         "-m",
         metavar="ID|DIR",
         envvar="BGE_RERANK_MODEL",
-        help="Hugging Face model id or local directory of a cross-encoder.",
+        help="Hugging Face model id or local directory of a reranker: a cross-encoder, or a decoder "
+        "reranker (see --template).",
         rich_help_panel=LOADER,
     ),
 ]
@@ -318,6 +320,37 @@ QuantizeOption = Annotated[
     ),
 ]
 
+TemplateOption = Annotated[
+    Template,
+    typer.Option(
+        envvar="BGE_RERANK_TEMPLATE",
+        help="How a pair becomes model input. auto: a sequence classifier is a cross-encoder; a causal LM "
+        "reranker is recognised from its config (qwen3-reranker: Qwen/Qwen3-Reranker-0.6B/4B/8B; "
+        "bge-gemma: BAAI/bge-reranker-v2-gemma). Name one to force it.",
+        rich_help_panel=LOADER,
+    ),
+]
+Instruction = Annotated[
+    str | None,
+    typer.Option(
+        metavar="TEXT",
+        envvar="BGE_RERANK_INSTRUCTION",
+        help="The task instruction of a decoder reranker's prompt (default: the model's published one).",
+        show_default=False,
+        rich_help_panel=LOADER,
+    ),
+]
+PrefixReuse = Annotated[
+    bool,
+    typer.Option(
+        "--prefix-reuse/--no-prefix-reuse",
+        envvar="BGE_RERANK_PREFIX_REUSE",
+        help="Decoder rerankers on torch: compute the prompt part before the passage (instruction and "
+        "query) once per query and reuse it for each of its passages. Same scores.",
+        rich_help_panel=LOADER,
+    ),
+]
+
 
 PRECISION_OPTIONS = ("fp16", "dtype", "backend", "quantize")
 
@@ -337,6 +370,9 @@ def _loader_parameters() -> list[tuple[str, Any, Any]]:
         ("trust_remote_code", TrustRemoteCode, False),
         ("backend", BackendOption, Backend.TORCH),
         ("quantize", QuantizeOption, Quantize.NONE),
+        ("template", TemplateOption, Template.AUTO),
+        ("instruction", Instruction, None),
+        ("prefix_reuse", PrefixReuse, True),
     ]
 
 

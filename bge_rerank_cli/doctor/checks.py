@@ -390,6 +390,43 @@ def check_gpu_fit(s: Snapshot) -> CheckResult:
     return CheckResult("gpu-memory", "ok", detail + ".")
 
 
+def check_model_kind(s: Snapshot) -> CheckResult:
+    """What kind of reranker the model is (cross-encoder or which decoder prompt), and the memory it
+    needs on this machine: weights in the dtype it will run in, plus one batch's activations."""
+    from types import SimpleNamespace
+
+    from ..backends.prompts import model_template
+    from ..errors import BgeRerankError
+
+    m = s.model
+    if not m.architecture:
+        return CheckResult("model-kind", "ok", f"{m.model}: kind unknown until its config.json is on disk.")
+    try:
+        kind = model_template(s.config.template, m.model, SimpleNamespace(architectures=[m.architecture],
+                                                                          model_type=m.model_type))  # fmt: skip
+    except BgeRerankError as exc:
+        return CheckResult("model-kind", "fail", exc.message, exc.hint or "")
+    what = "cross-encoder" if kind == "cross-encoder" else f"decoder reranker, {kind} prompt"
+    finding = f"{m.model}: {m.architecture} ({what})"
+    gpu = s.config.device.startswith("cuda") or (s.config.device == "auto" and bool(s.torch.gpus))
+    dtype = s.config.dtype if s.config.dtype != "auto" else ("fp16" if gpu else "fp32")
+    need = estimate_gpu_bytes(s, dtype_bytes=4 if dtype == "fp32" else 2)
+    if need is None:
+        return CheckResult("model-kind", "ok", finding + "; memory need unknown (no parameter count).")
+    finding += f"; {dtype} needs about {size(need)} (weights and one batch)"
+    available = s.memory_available
+    if gpu or available is None:
+        return CheckResult("model-kind", "ok", finding + ".")
+    finding += f", {size(available)} available"
+    if need > available:
+        return CheckResult(
+            "model-kind", "fail", finding + ".",
+            "Free memory, use a smaller model, or lower --batch-size / --max-length"
+            + (" (--dtype bf16 halves the weights)." if dtype == "fp32" else "."),
+        )  # fmt: skip
+    return CheckResult("model-kind", "ok", finding + ".")
+
+
 def check_mps(s: Snapshot) -> CheckResult:
     if not s.platform.startswith("Darwin"):
         return CheckResult("mps", "ok", "not macOS: MPS does not apply.")
@@ -442,10 +479,12 @@ def check_model_load(s: Snapshot) -> CheckResult:
             f"`BGE_RERANK_DEBUG=1 bge-rerank score -m {s.config.model} -q a -p b`."
         )
         return CheckResult("model-load", "fail", m.error, fix)
+    kind = f" as a {m.template} reranker" if m.template and m.template != "cross-encoder" else ""
     return CheckResult(
         "model-load",
         "ok",
-        f"loaded in {m.load_s:.1f} s on {m.device} ({m.dtype}); one pair scored in {m.latency_s * 1000:.0f} ms.",
+        f"loaded{kind} in {m.load_s:.1f} s on {m.device} ({m.dtype}); one pair scored in "
+        f"{m.latency_s * 1000:.0f} ms.",
         details={"load_s": m.load_s, "latency_s": m.latency_s},
     )
 
@@ -463,6 +502,7 @@ CHECKS: tuple[Callable[[Snapshot], CheckResult], ...] = (
     check_torch,
     check_cuda,
     check_gpu_fit,
+    check_model_kind,
     check_mps,
     check_cpu,
     check_optional,

@@ -68,6 +68,19 @@ CPU_FLAGS = {
 # bge-reranker-v2-m3: XLM-RoBERTa-large shape, fp32 weights on the Hub.
 KNOWN_SHAPES = {
     "BAAI/bge-reranker-v2-m3": {"params": 567_755_777, "hidden": 1024, "layers": 24, "heads": 16},
+    # decoder rerankers (their published configs; parameters with tied embeddings counted once)
+    "Qwen/Qwen3-Reranker-0.6B": {"params": 595_776_512, "hidden": 1024, "layers": 28, "heads": 16},
+    "Qwen/Qwen3-Reranker-4B": {"params": 4_022_468_096, "hidden": 2560, "layers": 36, "heads": 32},
+    "Qwen/Qwen3-Reranker-8B": {"params": 7_567_295_488, "hidden": 4096, "layers": 36, "heads": 32},
+    "BAAI/bge-reranker-v2-gemma": {"params": 2_506_172_416, "hidden": 2048, "layers": 18, "heads": 8},
+}
+# What a model is, for ids whose config.json is not on disk yet: (architecture, model_type).
+KNOWN_KINDS = {
+    "BAAI/bge-reranker-v2-m3": ("XLMRobertaForSequenceClassification", "xlm-roberta"),
+    "Qwen/Qwen3-Reranker-0.6B": ("Qwen3ForCausalLM", "qwen3"),
+    "Qwen/Qwen3-Reranker-4B": ("Qwen3ForCausalLM", "qwen3"),
+    "Qwen/Qwen3-Reranker-8B": ("Qwen3ForCausalLM", "qwen3"),
+    "BAAI/bge-reranker-v2-gemma": ("GemmaForCausalLM", "gemma"),
 }
 
 
@@ -127,6 +140,8 @@ class ModelFiles:
     broken_links: tuple[str, ...] = ()
     size_bytes: int = 0
     shape: dict[str, int] = field(default_factory=dict)  # params/hidden/layers/heads when known
+    architecture: str = ""  # from config.json (or KNOWN_KINDS): what kind of reranker it is
+    model_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,7 @@ class ModelCheck:
     device: str = ""
     dtype: str = ""
     hint: str | None = None  # what the error says to do (settings named with errors.option())
+    template: str = ""  # how pairs became model input (cross-encoder, qwen3-reranker, bge-gemma)
 
 
 @dataclass(frozen=True)
@@ -155,6 +171,7 @@ class Snapshot:
     nvidia_driver: str | None = None
     model_check: ModelCheck | None = None
     ray_cluster: str | None = None  # what a probe of RAY_ADDRESS found; None when unset
+    memory_available: int | None = None  # MemAvailable, bytes
 
     @property
     def offline(self) -> bool:
@@ -203,6 +220,7 @@ def collect(
         nvidia_driver=nvidia_driver(),
         model_check=run_model_check(config) if check_model else None,
         ray_cluster=probe_ray(env.get("RAY_ADDRESS"), timeout) if probe_network else None,
+        memory_available=memory_available(),
     )
 
 
@@ -284,11 +302,13 @@ def model_files(config: LoaderConfig, cache_path: str) -> ModelFiles:
         names = tuple(sorted(p.name for p in local.iterdir()))
         total = sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
         return ModelFiles(
-            config.model, True, True, str(local), names, (), (), total, _shape(local, config.model)
-        )
+            config.model, True, True, str(local), names, (), (), total, _shape(local, config.model),
+            *_kind(local, config.model),
+        )  # fmt: skip
     repo = Path(cache_path) / ("models--" + config.model.replace("/", "--"))
     if not repo.is_dir():
-        return ModelFiles(config.model, shape=KNOWN_SHAPES.get(config.model, {}))
+        return ModelFiles(config.model, shape=KNOWN_SHAPES.get(config.model, {}), architecture=KNOWN_KINDS.get(
+            config.model, ("", ""))[0], model_type=KNOWN_KINDS.get(config.model, ("", ""))[1])  # fmt: skip
     incomplete = tuple(sorted(p.name for p in (repo / "blobs").glob("*.incomplete")))
     revision = config.revision or "main"
     ref = repo / "refs" / revision
@@ -312,7 +332,32 @@ def model_files(config: LoaderConfig, cache_path: str) -> ModelFiles:
         broken,
         size,
         _shape(snapshot, config.model),
+        *_kind(snapshot, config.model),
     )
+
+
+def _kind(folder: Path, model: str) -> tuple[str, str]:
+    """(architecture, model_type) from the model's config.json, else from what we know of its id."""
+    known = KNOWN_KINDS.get(model, ("", ""))
+    try:
+        import orjson
+
+        cfg = orjson.loads((folder / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return known
+    architectures = cfg.get("architectures") or []
+    return (str(architectures[0]) if architectures else known[0]), str(cfg.get("model_type") or known[1])
+
+
+def memory_available() -> int | None:
+    """Bytes of memory the kernel says a new process can use (MemAvailable), on Linux."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _shape(folder: Path, model: str) -> dict[str, int]:
@@ -336,7 +381,34 @@ def _shape(folder: Path, model: str) -> dict[str, int]:
             )
         except (OSError, ValueError):
             pass
+    params = safetensors_params(folder)
+    if params:
+        known["params"] = params
     return known
+
+
+def safetensors_params(folder: Path) -> int:
+    """Parameters in a folder's ``*.safetensors`` files, from their headers alone (no weights read);
+    tied tensors are stored once, so this is what loading takes. 0 when there are none."""
+    import struct
+
+    import orjson
+
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        try:
+            with path.open("rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                header = orjson.loads(f.read(length))
+        except (OSError, ValueError, struct.error):
+            return 0
+        for name, tensor in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in tensor.get("shape", []):
+                    count *= int(dim)
+                total += count
+    return total
 
 
 def collect_torch() -> TorchInfo:
@@ -437,7 +509,8 @@ def run_model_check(config: LoaderConfig) -> ModelCheck:
         started = time.perf_counter()
         score_pairs(scorer, [Pair("what is deep learning?", "Deep learning trains neural networks.")])
         info: dict[str, Any] = scorer.describe()
-        return ModelCheck(load_s, time.perf_counter() - started, None, info["device"], info["dtype"])
+        return ModelCheck(load_s, time.perf_counter() - started, None, info["device"], info["dtype"],
+                          template=info.get("template", "cross-encoder"))  # fmt: skip
     except BgeRerankError as exc:
         return ModelCheck(error=exc.message, hint=exc.hint)
     except Exception as exc:
