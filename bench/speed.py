@@ -64,6 +64,8 @@ REFERENCE = "st-predict-fp32"  # fp32 torch, the scores every other engine is co
 PEERS = {"st": "st-predict", "flag": "flag"}
 QWEN3_ENGINES = ("qwen3-reference-fp32", "ours-torch-noreuse-fp32", "ours-torch-fp32", "ours-onnx-int8")
 QWEN3_REFERENCE = "qwen3-reference-fp32"
+GEMMA_ENGINES = ("flag-llm-fp32", "ours-torch-noreuse-fp32", "ours-torch-fp32")
+GEMMA_REFERENCE = "flag-llm-fp32"
 FLAG_VENV = CACHE / "flag-venv"
 FLAG_REQUIREMENTS = ["FlagEmbedding==1.4.2", "transformers<=5.23"]  # FlagEmbedding breaks on 5.24
 
@@ -92,6 +94,16 @@ def qwen3_model_dir(quick: bool) -> Path:
                                  initializer_range=0.02)  # fmt: skip
         else:
             build_qwen3_reranker_architecture(path)
+    return path
+
+
+def gemma_model_dir(quick: bool) -> Path:
+    """A random Gemma laid out as bge-reranker-v2-gemma (scaled down; the full 2.5B shape is not built)."""
+    path = CACHE / "quick-gemma"
+    if not (path / "config.json").is_file():
+        from tools.random_model import build_bge_gemma
+
+        build_bge_gemma(path, layers=4, hidden=256, heads=4, head_dim=64, ffn=768)
     return path
 
 
@@ -207,6 +219,15 @@ def worker(
             )
             return [float(s) for s in out]
 
+    elif engine.startswith("flag-llm"):
+        from FlagEmbedding import FlagLLMReranker
+
+        llm = FlagLLMReranker(model, use_fp16=False, devices=[device], batch_size=batch_size)
+
+        def score(batch: list) -> list[float]:
+            out = llm.compute_score(batch, batch_size=batch_size, max_length=max_length, normalize=True)
+            return [float(s) for s in (out if isinstance(out, list) else [out])]
+
     elif engine.startswith("flag-"):
         from FlagEmbedding import FlagReranker
 
@@ -262,6 +283,9 @@ def worker(
     elif engine.startswith("st-"):
         padding = _sorted_padding(model, pairs, batch_size, max_length, by_chars=True)
         attention = _attention(ce.model)
+    elif engine.startswith("flag-llm"):
+        padding, attention = float("nan"), _attention(llm.model)
+        extra["real_tokens"] = len(pairs)  # not counted for this peer (its prompt layout is its own)
     elif engine.startswith("flag-"):
         padding = _sorted_padding(model, pairs, batch_size, max_length, by_chars=False)
         attention = _attention(reranker.model)
@@ -464,9 +488,10 @@ def main() -> int:
     )
     parser.add_argument(
         "--model-kind",
-        choices=("cross-encoder", "qwen3"),
+        choices=("cross-encoder", "qwen3", "gemma"),
         default="cross-encoder",
-        help="qwen3: the Qwen3-Reranker-0.6B shape, 20 documents per query, against the model card's loop.",
+        help="qwen3: the Qwen3-Reranker-0.6B shape, 20 documents per query, against the model card's loop. "
+        "gemma: a scaled-down bge-reranker-v2-gemma layout against FlagEmbedding's FlagLLMReranker.",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -496,11 +521,14 @@ def main() -> int:
         )
         print(json.dumps(result))
         return 0
-    qwen3 = args.model_kind == "qwen3"
+    qwen3 = args.model_kind in ("qwen3", "gemma")  # decoder rerankers: rerank-shaped workloads
     n = args.pairs or (40 if qwen3 else 48 if args.quick else 64)
     rounds = args.rounds or (2 if args.quick else 1)
     CACHE.mkdir(parents=True, exist_ok=True)
-    model = qwen3_model_dir(args.quick) if qwen3 else model_dir(args.quick)
+    if args.model_kind == "gemma":
+        model = gemma_model_dir(args.quick)
+    else:
+        model = qwen3_model_dir(args.quick) if qwen3 else model_dir(args.quick)
     custom = args.passage_tokens is not None or args.repeats != 0.1
     tag = f"-{args.passage_tokens[0]}-{args.passage_tokens[1]}" if args.passage_tokens else ""
     tag += f"-r{args.repeats:g}" if args.repeats != 0.1 else ""
@@ -513,7 +541,10 @@ def main() -> int:
         )
     if custom:
         print(f"workload: {n} pairs in {pairs_file}", file=sys.stderr)
-    default = QWEN3_ENGINES if qwen3 else GPU_ENGINES if args.device.startswith("cuda") else ENGINES
+    default = (
+        GEMMA_ENGINES if args.model_kind == "gemma" else QWEN3_ENGINES if qwen3
+        else GPU_ENGINES if args.device.startswith("cuda") else ENGINES
+    )  # fmt: skip
     engines = (args.engines or ",".join(default)).split(",")
     skipped: dict[str, str] = {}
     pythons = {e: sys.executable for e in engines}
@@ -584,7 +615,7 @@ def main() -> int:
         )
     if not args.no_write:
         mode = ("quick" if args.quick else "full") + ("-gpu" if args.device.startswith("cuda") else "")
-        mode = f"qwen3-{mode}" if qwen3 else mode
+        mode = f"{args.model_kind}-{mode}" if qwen3 else mode
         _write_doc(mode, report, " ".join(sys.argv[1:]))
     return 0
 
@@ -602,13 +633,14 @@ def render(
 
     ``borrowed`` runs (of an earlier process on the same workload) serve as reference and peers only."""
     pool = {**(borrowed or {}), **best}
-    qwen3 = getattr(args, "model_kind", "cross-encoder") == "qwen3"
-    ref = pool.get(QWEN3_REFERENCE if qwen3 else REFERENCE) or next(
-        (r for e, r in pool.items() if e.startswith("st-")), None
-    )
+    model_kind = getattr(args, "model_kind", "cross-encoder")
+    qwen3 = model_kind in ("qwen3", "gemma")
+    reference = {"qwen3": QWEN3_REFERENCE, "gemma": GEMMA_REFERENCE}.get(model_kind, REFERENCE)
+    ref = pool.get(reference) or next((r for e, r in pool.items() if e.startswith("st-")), None)
+    own_peers = {"qwen3": {"ref": "qwen3-reference"}, "gemma": {"flag": "flag-llm"}}.get(model_kind, PEERS)
     peers = {
         name: max((r for e, r in pool.items() if e.startswith(prefix)), key=lambda r: r["pairs"] / r["seconds"], default=None)
-        for name, prefix in ({"ref": "qwen3-reference"} if qwen3 else PEERS).items()
+        for name, prefix in own_peers.items()
     }  # fmt: skip
     peer_names = {name: peer["engine"] for name, peer in peers.items() if peer}
     cols = "".join(f" × {peer_names[p]} |" for p in peer_names)

@@ -24,7 +24,7 @@ from ..errors import ModelError
 from .base import BatchTooLarge, Encoded
 from .hf import decoder_facts, load_cross_encoder
 from .prompts import TEMPLATES, answer_ids
-from .tokenization import CPU_FILL_TOKENS, TokenizedScorer
+from .tokenization import TokenizedScorer
 
 log = logging.getLogger("bge_rerank_cli")
 
@@ -88,7 +88,10 @@ class DecoderScorer(TokenizedScorer):
 
     @property
     def fill_tokens(self) -> int:
-        return self.batch_tokens // 4 if self.device.startswith("cuda") else CPU_FILL_TOKENS
+        """Unlike an encoder's, a decoder's tokens/s on the CPU keeps growing with the batch (measured on
+        the Qwen3-Reranker-0.6B shape: 25 tokens/s at 256 tokens per pass, 54 at 2048), so its batches
+        fill up as on a GPU; a batch holds one query's passages, sorted by length, so padding stays low."""
+        return self.batch_tokens // 4
 
     @property
     def groups_prefixes(self) -> bool:

@@ -70,8 +70,8 @@ KNOWN_SHAPES = {
     "BAAI/bge-reranker-v2-m3": {"params": 567_755_777, "hidden": 1024, "layers": 24, "heads": 16},
     # decoder rerankers (their published configs; parameters with tied embeddings counted once)
     "Qwen/Qwen3-Reranker-0.6B": {"params": 595_776_512, "hidden": 1024, "layers": 28, "heads": 16},
-    "Qwen/Qwen3-Reranker-4B": {"params": 4_022_468_096, "hidden": 2560, "layers": 36, "heads": 32},
-    "Qwen/Qwen3-Reranker-8B": {"params": 7_567_295_488, "hidden": 4096, "layers": 36, "heads": 32},
+    "Qwen/Qwen3-Reranker-4B": {"params": 4_021_784_576, "hidden": 2560, "layers": 36, "heads": 32},
+    "Qwen/Qwen3-Reranker-8B": {"params": 8_188_548_096, "hidden": 4096, "layers": 36, "heads": 32},
     "BAAI/bge-reranker-v2-gemma": {"params": 2_506_172_416, "hidden": 2048, "layers": 18, "heads": 8},
 }
 # What a model is, for ids whose config.json is not on disk yet: (architecture, model_type).
