@@ -358,7 +358,7 @@ def prepare_exports(model: Path, names: list[str], max_length: int, seconds: flo
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BGE_RERANK_CACHE": str(CACHE / "exports")}
     cmd = [sys.executable, str(ROOT / "bench" / "speed.py"), "--worker", "prepare", "--model", str(model)]
     cmd += ["--pairs-file", ",".join(dict.fromkeys(quantize)), "--max-length", str(max_length)]
-    subprocess.run(cmd, env=env, check=True, timeout=max(60.0, seconds))
+    subprocess.run(cmd, env=env, check=True, timeout=max(60.0, seconds), stdout=subprocess.DEVNULL)
 
 
 def percentile(values: list[float], q: float) -> float:

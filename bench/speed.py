@@ -11,6 +11,13 @@ round, on the same pairs, batch size and max length; ONNX exports are made befor
 process. Prints pairs/s, tokens/s, padding fraction, peak RSS (and GPU memory), the ratio to each peer
 and max |Δscore| (sigmoid) against fp32 torch, and writes docs/benchmarks.md.
 
+The machine's limit is measured in the same run: before the engines (and again after them) a fresh
+process times each backend's own GEMM kernel on the model's layer-sized problem (tokens x hidden x ffn:
+torch's linear fp32 for the torch engines, onnxruntime MatMul fp32, and the int8 MatMul quantize_dynamic
+makes), the CPU's ISA flags are printed, and each engine is also given as % of its matching ceiling
+(tokens/s x FLOPs per token / the best GEMM rate measured); see bge_rerank_cli/ceilings.py. Each ONNX
+export made beforehand is run in its own process and its peak RSS reported against the weights' size.
+
     python bench/speed.py --quick                  # scaled-down model, < 2 minutes once set up
     python bench/speed.py --pairs 64 --rounds 2    # full-size architecture (~20 minutes on 2 cores)
     python bench/speed.py --device cuda            # the GPU set: fp16/bf16 against FlagReranker fp16
@@ -44,12 +51,14 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 CACHE = ROOT / "bench" / ".cache"
 ENGINES = ("st-predict-fp32", "flag-fp32", "ours-torch-fp32", "ours-onnx-fp32", "ours-onnx-int8")
 GPU_ENGINES = (
@@ -199,6 +208,8 @@ def worker(
     """One engine's timed pass over the workload, after an untimed warm-up in the same process: two
     pairs (``warmup="2"``), or the whole workload once (``"full"``), so every batch shape has met its
     kernels (cuDNN/cuBLAS heuristics, allocator growth) before the clock starts."""
+    from bge_rerank_cli.ceilings import attention_length
+
     pairs = [tuple(p) for p in json.loads(Path(pairs_file).read_text())]
     os.environ["HF_HUB_OFFLINE"] = "1"
     extra: dict[str, object] = {}
@@ -279,13 +290,13 @@ def worker(
             padded += mask.numel()
         padding = 1 - sum(lengths) / padded
         attention = _attention(None)
-        extra["real_tokens"] = sum(lengths)
+        extra["token_lengths"] = _prompt_lengths(model, pairs, max_length)
     elif engine.startswith("st-"):
         padding = _sorted_padding(model, pairs, batch_size, max_length, by_chars=True)
         attention = _attention(ce.model)
     elif engine.startswith("flag-llm"):
         padding, attention = float("nan"), _attention(llm.model)
-        extra["real_tokens"] = len(pairs)  # not counted for this peer (its prompt layout is its own)
+        extra["token_lengths"] = _prompt_lengths(model, pairs, max_length)  # ours: the same pairs fit
     elif engine.startswith("flag-"):
         padding = _sorted_padding(model, pairs, batch_size, max_length, by_chars=False)
         attention = _attention(reranker.model)
@@ -300,14 +311,14 @@ def worker(
         padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
         padding = 1 - sum(lengths) / padded
         if getattr(scorer, "template", "cross-encoder") != "cross-encoder":  # prompt tokens count too
-            extra["real_tokens"] = sum(lengths)
+            extra["token_lengths"] = [len(e.ids) for e in scorer.encode([Pair(q, p) for q, p in pairs])]
             extra["prefix_runs"] = getattr(scorer, "prefix_runs", 0)
         attention = _attention(getattr(scorer, "_model", None))
         extra["fp32_fallbacks"] = getattr(scorer, "fp32_fallbacks", 0)
         extra["batch_tokens"] = scorer.batch_tokens
     if warmup == "full":
         extra["warmup_seconds"] = warm_seconds
-    tokens = extra.pop("real_tokens", None) or _real_tokens(model, pairs, max_length)
+    lengths = extra.pop("token_lengths", None) or _token_lengths(model, pairs, max_length)
     peak_gpu = None
     if device.startswith("cuda"):
         import torch
@@ -317,7 +328,8 @@ def worker(
         "engine": engine,
         "seconds": elapsed,
         "pairs": len(pairs),
-        "tokens": tokens,
+        "tokens": sum(lengths),
+        "attention_length": attention_length(lengths),
         "padding": padding,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": peak_gpu,
@@ -340,11 +352,27 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _real_tokens(model: str, pairs: list[tuple[str, str]], max_length: int) -> int:
+def _prompt_lengths(model: str, pairs: list[tuple[str, str]], max_length: int) -> list[int]:
+    """A decoder reranker's prompt lengths per pair, as our template tokenises them (no model loaded)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from bge_rerank_cli.backends.prompts import TEMPLATES, PromptTokenizer, model_template
+    from bge_rerank_cli.records import Pair
+
+    tok = AutoTokenizer.from_pretrained(model)
+    template = model_template("auto", model, AutoConfig.from_pretrained(model))
+    prompts = PromptTokenizer(tok.backend_tokenizer.to_str(), TEMPLATES[template], instruction=None,
+                              max_length=max_length, query_cap=max_length * 3 // 4,
+                              pad_id=tok.pad_token_id or 0, bos_id=tok.bos_token_id)  # fmt: skip
+    return [len(e.ids) for e in prompts.encode([Pair(q, p) for q, p in pairs])]
+
+
+def _token_lengths(model: str, pairs: list[tuple[str, str]], max_length: int) -> list[int]:
+    """Each pair's real token count (truncated to ``max_length``), as the model's tokenizer gives it."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
-    return sum(len(tok(q, p, truncation=True, max_length=max_length)["input_ids"]) for q, p in pairs)
+    return [len(tok(q, p, truncation=True, max_length=max_length)["input_ids"]) for q, p in pairs]
 
 
 def _sorted_padding(
@@ -363,6 +391,58 @@ def _sorted_padding(
         for s in range(0, len(order), batch_size)
     )
     return 1 - sum(lengths) / padded
+
+
+@dataclass
+class Limits:
+    """The machine's ceilings (best of before and after the engines), the model's shape and each ONNX
+    export's peak memory, for the report."""
+
+    ceilings: list[Any] = field(default_factory=list)  # bge_rerank_cli.ceilings.Ceiling
+    before: list[Any] = field(default_factory=list)
+    after: list[Any] = field(default_factory=list)
+    shape: Any = None  # bge_rerank_cli.ceilings.EncoderShape
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        from bge_rerank_cli.ceilings import isa_flags
+
+        return {
+            "isa": isa_flags(),
+            "shape": asdict(self.shape) if self.shape else None,
+            "ceilings": [c.to_dict() for c in self.ceilings],
+            "ceilings_before": [c.to_dict() for c in self.before],
+            "ceilings_after": [c.to_dict() for c in self.after],
+            "exports": self.exports,
+        }
+
+
+def measure_ceilings(model: Path, engines: Sequence[str], args: argparse.Namespace) -> list[Any]:
+    """The GEMM ceilings the engines need, on the model's layer-sized problem, in a fresh process."""
+    from bge_rerank_cli.ceilings import gemm_tokens, kinds_for, measure_in_child, read_shape
+
+    shape = read_shape(str(model))
+    tokens = args.gemm_tokens or gemm_tokens(args.device)
+    gemm = shape.gemm(tokens) if shape else (tokens, 1024, 4096)
+    return measure_in_child(kinds_for(engines), gemm, device=args.device)
+
+
+def prepare_export(model: Path, quantize: str, max_length: int, env: dict[str, str]) -> dict[str, Any]:
+    """Export (and quantise) once, in a process of its own: how much memory that took, against the
+    weights, or ``cached`` when an earlier run's export is reused."""
+    from export_memory import run_peak
+
+    from bge_rerank_cli.memory import weight_bytes
+
+    cmd = [sys.executable, __file__, "--worker", "prepare", "--model", str(model), "--pairs-file", quantize]
+    code, peak, seconds, out, tail = run_peak([*cmd, "--max-length", str(max_length)], env)
+    if code != 0:
+        raise SystemExit(f"the {quantize} ONNX export failed (exit {code}):\n{tail}")
+    weights = weight_bytes(model) or 0
+    made = json.loads(out.strip().splitlines()[-1])[quantize]
+    return {"cached": not made, "peak_rss_bytes": peak, "weights_bytes": weights, "seconds": seconds}
 
 
 def machine(device: str = "cpu") -> str:
@@ -493,6 +573,15 @@ def main() -> int:
         help="qwen3: the Qwen3-Reranker-0.6B shape, 20 documents per query, against the model card's loop. "
         "gemma: a scaled-down bge-reranker-v2-gemma layout against FlagEmbedding's FlagLLMReranker.",
     )
+    parser.add_argument(
+        "--no-ceilings", action="store_true", help="Skip the GEMM ceilings (and the %% of ceiling column)."
+    )
+    parser.add_argument(
+        "--gemm-tokens",
+        type=int,
+        default=None,
+        help="Rows (tokens) of the ceilings' GEMM problem, tokens x hidden x ffn (default 512 CPU, 8192 GPU).",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
@@ -500,13 +589,19 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="Do not rewrite docs/benchmarks.md.")
     args = parser.parse_args()
     if args.worker == "prepare":  # export once, outside the measured processes (its RAM is not theirs)
-        from bge_rerank_cli.backends.onnx_scorer import load
+        from bge_rerank_cli.backends.onnx_scorer import export, export_dir
         from bge_rerank_cli.config import LoaderConfig
 
+        made = {}
         for quantize in args.pairs_file.split(","):
-            load(
-                LoaderConfig(model=args.model, backend="onnx", quantize=quantize, max_length=args.max_length)
-            )  # type: ignore[arg-type]
+            config = LoaderConfig(
+                model=args.model, backend="onnx", quantize=quantize, max_length=args.max_length,  # type: ignore[arg-type]
+            )  # fmt: skip
+            folder = export_dir(config)
+            made[quantize] = not (folder / "meta.json").is_file()
+            if made[quantize]:
+                export(config, folder)
+        print(json.dumps(made))
         return 0
     if args.worker:
         result = worker(
@@ -521,6 +616,8 @@ def main() -> int:
         )
         print(json.dumps(result))
         return 0
+    from bge_rerank_cli.ceilings import best_of, read_shape
+
     qwen3 = args.model_kind in ("qwen3", "gemma")  # decoder rerankers: rerank-shaped workloads
     n = args.pairs or (40 if qwen3 else 48 if args.quick else 64)
     rounds = args.rounds or (2 if args.quick else 1)
@@ -556,20 +653,10 @@ def main() -> int:
                 engines.remove(e)
             else:
                 pythons[e] = flag
+    ceilings_before = [] if args.no_ceilings else measure_ceilings(model, engines, args)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BGE_RERANK_CACHE": str(CACHE / "exports")}
     exports = [("int8" if e.endswith("int8") else "none") for e in engines if e.startswith("ours-onnx-")]
-    if exports:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--worker",
-            "prepare",
-            "--model",
-            str(model),
-            "--pairs-file",
-            ",".join(exports),
-        ]
-        subprocess.run([*cmd, "--max-length", str(args.max_length)], env=env, check=True)
+    export_memory = {q: prepare_export(model, q, args.max_length, env) for q in dict.fromkeys(exports)}
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     for _ in range(rounds):
         for engine in engines:  # interleaved: one run of each engine per round, each a fresh process
@@ -596,9 +683,12 @@ def main() -> int:
                 )
             if args.json:  # as it goes, so a run cut short still leaves what it measured
                 Path(args.json).write_text(json.dumps({"report": None, "runs": runs, "skipped": skipped}))
+    ceilings_after = [] if args.no_ceilings else measure_ceilings(model, engines, args)
+    ceilings = best_of(ceilings_before, ceilings_after)
     best = {e: min(r, key=lambda x: x["seconds"]) for e, r in runs.items() if r}
     borrowed = _borrowed(args.reference_json, pairs_file.name, best) if args.reference_json else None
-    report = render(best, skipped, args, n, rounds, runs, borrowed)
+    limits = Limits(ceilings, ceilings_before, ceilings_after, read_shape(str(model)), export_memory)
+    report = render(best, skipped, args, n, rounds, runs, borrowed, limits)
     print(report)
     if args.json:
         Path(args.json).write_text(
@@ -609,6 +699,7 @@ def main() -> int:
                     "runs": runs,
                     "skipped": skipped,
                     "argv": sys.argv[1:],
+                    **limits.to_json(),
                 },
                 indent=1,
             )
@@ -628,10 +719,16 @@ def render(
     rounds: int,
     runs: dict[str, list[dict]] | None = None,
     borrowed: dict[str, dict] | None = None,
+    limits: Limits | None = None,
 ) -> str:
-    """A markdown table: speed, padding, memory, ratios to each peer, and the score deviation.
+    """A markdown table: speed, % of the matching GEMM ceiling, padding, memory, ratios to each peer, and
+    the score deviation.
 
     ``borrowed`` runs (of an earlier process on the same workload) serve as reference and peers only."""
+    from bge_rerank_cli.ceilings import percent_for
+
+    limits = limits or Limits()
+    with_pct = bool(limits.ceilings and limits.shape)
     pool = {**(borrowed or {}), **best}
     model_kind = getattr(args, "model_kind", "cross-encoder")
     qwen3 = model_kind in ("qwen3", "gemma")
@@ -644,9 +741,10 @@ def render(
     }  # fmt: skip
     peer_names = {name: peer["engine"] for name, peer in peers.items() if peer}
     cols = "".join(f" × {peer_names[p]} |" for p in peer_names)
+    pct_col = " % of ceiling |" if with_pct else ""
     lines = [
-        f"| engine | pairs/s | tokens/s | padding | peak RSS MB | peak GPU MB |{cols} max abs Δscore vs {ref['engine'] if ref else '-'} |",
-        "|---|---|---|---|---|---|" + "---|" * len(peer_names) + "---|",
+        f"| engine | pairs/s | tokens/s |{pct_col} padding | peak RSS MB | peak GPU MB |{cols} max abs Δscore vs {ref['engine'] if ref else '-'} |",
+        "|---|---|---|---|---|---|" + "---|" * (len(peer_names) + with_pct) + "---|",
     ]
     for engine, r in best.items():
         rate = r["pairs"] / r["seconds"]
@@ -658,12 +756,20 @@ def render(
             max(abs(a - b) for a, b in zip(r["scores"], ref["scores"], strict=True)) if ref else float("nan")
         )
         gpu = "-" if r.get("peak_gpu_mb") is None else f"{r['peak_gpu_mb']:.0f}"
+        pct = ""
+        if with_pct:
+            share = (
+                percent_for(engine, r["tokens"] / r["seconds"], limits.shape.flops_per_token(r["attention_length"]), limits.ceilings)
+                if "attention_length" in r
+                else None
+            )  # fmt: skip
+            pct = " - |" if share is None else f" {share:.0f}% |"
         lines.append(
-            f"| {engine} | {rate:.2f} | {r['tokens'] / r['seconds']:.0f} | {r['padding']:.0%} | "
+            f"| {engine} | {rate:.2f} | {r['tokens'] / r['seconds']:.0f} |{pct} {r['padding']:.0%} | "
             f"{r['peak_rss_mb']:.0f} | {gpu} |{ratios} {delta:.2e} |"
         )
     for engine, why in skipped.items():
-        lines.append(f"| {engine} | not run: {why} |" + " |" * (5 + len(peer_names)))
+        lines.append(f"| {engine} | not run: {why} |" + " |" * (5 + len(peer_names) + with_pct))
     per_round = "; ".join(
         f"{e} " + ", ".join(f"{r['pairs'] / r['seconds']:.2f}" for r in rs)
         for e, rs in (runs or {}).items()
@@ -710,9 +816,44 @@ def render(
     header = (
         f"{shape}, random weights; {n} {kind} ({share}), {batch}, "
         f"max length {args.max_length}, device {args.device}, best of {rounds} interleaved round(s){warm}\n"
-        f"{machine(args.device)}"
+        f"{machine(args.device)}\n\n{limits_text(limits, best)}"
     )
     return header + "\n\n" + "\n".join(lines)
+
+
+def limits_text(limits: Limits, best: dict[str, dict]) -> str:
+    """The ISA flags, each ceiling (best of before and after the engines, both shown), how % of ceiling
+    is counted, and each ONNX export's peak memory: markdown lines under the report's header."""
+    from bge_rerank_cli.ceilings import isa_flags, isa_line
+
+    lines = [isa_line(isa_flags())]
+    for c in limits.ceilings:
+        runs = [r for r in (*limits.before, *limits.after) if r.kind == c.kind and r.error is None]
+        spread = ""
+        if len(runs) == 2:
+            spread = f" (before the engines {runs[0].rate / 1e9:.0f}, after {runs[1].rate / 1e9:.0f})"
+        lines.append(f"ceiling: {c.describe()}{spread}")
+    if limits.ceilings and limits.shape:
+        s = limits.shape
+        lengths = [r["attention_length"] for r in best.values() if "attention_length" in r]
+        at = f"; {s.flops_per_token(lengths[0]) / 1e9:.3f} GFLOP per token here" if lengths else ""
+        lines.append(
+            f"% of ceiling: tokens/s x FLOPs per token / the matching ceiling. FLOPs per token "
+            f"{s.linear_flops() / 1e9:.3f} G (projections and FFN) + 4·n·{s.hidden}·{s.layers} "
+            f"(attention, n = the pairs' token-weighted mean length, Σn²/Σn){at}"
+        )
+    gib = 2**30
+    for quantize, e in limits.exports.items():
+        name = "int8" if quantize == "int8" else "fp32"
+        if e["cached"]:
+            lines.append(f"ONNX export {name}: cached from an earlier run (not measured)")
+            continue
+        ratio = e["peak_rss_bytes"] / e["weights_bytes"] if e["weights_bytes"] else float("nan")
+        lines.append(
+            f"ONNX export {name} (once, in its own process): peak RSS {e['peak_rss_bytes'] / gib:.2f} GiB, "
+            f"{ratio:.2f}x the {e['weights_bytes'] / gib:.2f} GiB of weights, {e['seconds']:.0f} s"
+        )
+    return "\n".join(f"- {line}" for line in lines)
 
 
 def _borrowed(path: str, workload_name: str, best: dict[str, dict]) -> dict[str, dict]:

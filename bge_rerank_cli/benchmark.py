@@ -20,11 +20,14 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import LoaderConfig
 from .errors import ModelError, UsageError
 from .records import Pair
+
+if TYPE_CHECKING:
+    from .ceilings import Ceiling, EncoderShape
 
 SETUPS: tuple[str, ...] = ("torch-fp32", "torch-fp16", "torch-bf16", "onnx-fp32", "onnx-int8")
 
@@ -57,6 +60,10 @@ class Measurement:
     load_s: float = 0.0
     device: str = ""
     max_abs_delta: float | None = None  # sigmoid scores against the first setup
+    attention_length: float = 0.0  # Σn²/Σn over the pairs' token counts (see ceilings.attention_length)
+    flops_per_token: float | None = None  # the model's at that length; None when its shape is unknown
+    ceiling: str | None = None  # the matching GEMM ceiling's kind: torch-fp32, onnxruntime-int8, ...
+    pct_of_ceiling: float | None = None  # tokens/s x FLOPs per token / that ceiling's rate, in %
     error: str | None = None
     scores: tuple[float, ...] = ()
 
@@ -156,6 +163,45 @@ def with_deltas(results: Sequence[Measurement]) -> list[Measurement]:
     ]  # fmt: skip
 
 
+def measure_ceilings(
+    base: LoaderConfig, setups: Sequence[str], device: str, *, timeout: float | None = 600
+) -> list[Ceiling]:
+    """This machine's GEMM ceilings that ``setups`` need, each with the backend's own kernel, on the
+    model's layer-sized problem (tokens x hidden x ffn; 1024 x 4096 when its shape is unknown), measured
+    in a fresh process (``bge-rerank bench`` does it before the setups and again after them)."""
+    from .ceilings import DEFAULT_GEMM, gemm_tokens, kinds_for, measure_in_child, read_shape
+
+    shape = read_shape(base.model, base.revision, base.cache_dir)
+    tokens = gemm_tokens(device)
+    gemm = shape.gemm(tokens) if shape else (tokens, *DEFAULT_GEMM[1:])
+    return measure_in_child(kinds_for(setups), gemm, device=device, timeout=timeout)
+
+
+def with_ceilings(
+    results: Sequence[Measurement], shape: EncoderShape | None, ceilings: Sequence[Ceiling]
+) -> list[Measurement]:
+    """Each measurement with the model's FLOPs per token at its attention length and its percentage of
+    the matching ceiling (tokens/s x FLOPs per token / GEMM rate). Pure: tested on injected numbers."""
+    from .ceilings import ceiling_kind, percent_for
+
+    out = []
+    for r in results:
+        if r.error is not None or shape is None:
+            out.append(r)
+            continue
+        per_token = shape.flops_per_token(r.attention_length)
+        kind = ceiling_kind(r.setup)
+        out.append(
+            replace(
+                r,
+                flops_per_token=per_token,
+                ceiling=kind,
+                pct_of_ceiling=percent_for(r.setup, r.tokens_per_s, per_token, ceilings),
+            )
+        )
+    return out
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0-100), linear between closest ranks."""
     if not values:
@@ -168,6 +214,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 def measure(config: LoaderConfig, setup: str, requests: Sequence[Request]) -> Measurement:
     """Run in the child: load, warm up, time the batch job and each request, read peak memory."""
     from .backends import load_scorer
+    from .ceilings import attention_length
     from .engine import JobControl, score_pairs
 
     scorer = load_scorer(config)
@@ -190,7 +237,8 @@ def measure(config: LoaderConfig, setup: str, requests: Sequence[Request]) -> Me
         score_pairs(scorer, request.pairs())
         _sync(cuda)
         latencies.append((time.perf_counter() - t0) * 1000)
-    tokens = sum(len(e.ids) for e in scorer.encode(pairs))
+    lengths = [len(e.ids) for e in scorer.encode(pairs)]
+    tokens = sum(lengths)
     peak_gpu = None
     if cuda:
         import torch
@@ -209,6 +257,7 @@ def measure(config: LoaderConfig, setup: str, requests: Sequence[Request]) -> Me
         peak_gpu_mb=peak_gpu,
         load_s=getattr(scorer, "load_seconds", 0.0),
         device=f"{device} {scorer.describe().get('dtype', '')}".strip(),
+        attention_length=attention_length(lengths),
         scores=tuple(s.score for s in scored),
     )
 

@@ -60,6 +60,32 @@ def repo_folder(model: str, explicit_cache: str | None = None) -> Path:
     return cache_dir(explicit_cache) / ("models--" + model.replace("/", "--"))
 
 
+def cached_snapshot(
+    model: str, revision: str | None = None, explicit_cache: str | None = None
+) -> Path | None:
+    """The cache's snapshot folder of ``model`` at ``revision`` (a branch, tag or commit; default main),
+    found on disk without the network; None when it is not cached."""
+    repo = repo_folder(model, explicit_cache)
+    name = revision or "main"
+    ref = repo / "refs" / name
+    try:
+        commit = ref.read_text().strip() if ref.is_file() else name
+    except OSError:
+        return None
+    snapshot = repo / "snapshots" / commit
+    return snapshot if snapshot.is_dir() else None
+
+
+def model_folder(model: str, revision: str | None = None, explicit_cache: str | None = None) -> Path | None:
+    """The folder that holds ``model``'s files: the directory itself, or its cached snapshot (no network)."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return local
+    if model.startswith((".", "/", "~")):
+        return None
+    return cached_snapshot(model, revision, explicit_cache)
+
+
 def download_command(model: str, revision: str | None = None, cache: str | None = None) -> str:
     cmd = f"hf download {model}"
     if revision:

@@ -45,6 +45,14 @@ def test_bench_measures_each_setup_on_the_same_pairs(tiny_xlmr: Path, own_cache:
         assert row["pairs_per_s"] > 0 and 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
         assert row["peak_rss_mb"] > 50 and row["peak_gpu_mb"] is None
     assert rows["torch-fp32"]["max_abs_delta"] == 0.0
+    # the machine's limit, measured first in the same run: one ceiling per backend and precision
+    assert [c["kind"] for c in report["ceilings"]] == ["torch-fp32", "onnxruntime-fp32", "onnxruntime-int8"]
+    assert all(c["error"] is None and c["rate"] > 0 for c in report["ceilings"])
+    assert list(report["isa"]) == ["AVX2", "AVX-512", "VNNI", "BF16", "AMX"]
+    assert report["shape"]["layers"] > 0
+    for row in rows.values():
+        assert row["flops_per_token"] > 0 and row["pct_of_ceiling"] > 0
+    assert rows["onnx-int8"]["ceiling"] == "onnxruntime-int8"
     assert rows["onnx-fp32"]["max_abs_delta"] < 1e-4  # the export agrees with torch
     assert rows["onnx-int8"]["device"] == "cpu int8"
 

@@ -11,6 +11,7 @@ onnxruntime, numpy and tokenizers.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
 import os
@@ -143,6 +144,9 @@ def export(config: LoaderConfig, folder: Path) -> None:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise UsageError(f"{option('backend', 'onnx')} needs onnx and onnxruntime: {INSTALL_HINT}") from None
+    from ..memory import precheck_export
+
+    precheck_export(config.model, config.revision, config.cache_dir)  # refuse now, not OOM-killed later
     import torch
 
     log.warning("exporting %s to ONNX once (cached in %s); this can take a minute.", config.model, folder)
@@ -186,6 +190,8 @@ def export(config: LoaderConfig, folder: Path) -> None:
     raw.parent.mkdir(parents=True)
     with contextlib.redirect_stdout(sys.stderr):  # the exporter prints progress; stdout is for data
         _export(torch, (TypedLogits if use_types else Logits)(model.eval()), sample, raw, names, dynamic)
+    del ce, transformer, model  # the torch weights go before the ONNX ones are loaded back: a lower peak
+    _release_memory()
     _finish_export(onnx, config, tmp, raw)
     (tmp / "tokenizer.json").write_text(facts["tokenizer_json"], encoding="utf-8")
     meta = {
@@ -251,21 +257,132 @@ def _export(
 
 
 def _finish_export(onnx: Any, config: LoaderConfig, tmp: Path, raw: Path) -> None:
-    """One ``model.onnx`` plus one external-data file (int8-quantised when asked)."""
+    """One ``model.onnx`` plus one external-data file (int8-quantised when asked).
+
+    For int8, the embedding tables (half of bge-reranker-v2-m3's weights) are taken out of the graph
+    before onnxruntime's ``quantize_dynamic`` runs and quantised here, a slice at a time, with its own
+    functions (the same uint8 values, scale and zero point it gives them): ``quantize_dynamic`` keeps
+    three copies of every weight it is given and four transient ones of each table it quantises, which
+    took a full-size export to 4x its weights' size in memory; without the tables it stays near 2x."""
     proto = onnx.load(str(raw))
+    tables = _detach_tables(proto) if config.quantize == "int8" else []
     _save(onnx, proto, tmp / "model.onnx")
     del proto
+    _release_memory()
     shutil.rmtree(raw.parent)
     if config.quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        gathers = [name for table in tables for name in table.gathers]
         quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "int8.onnx"), weight_type=QuantType.QInt8,
-                         use_external_data_format=True)  # fmt: skip
+                         use_external_data_format=True, nodes_to_exclude=gathers)  # fmt: skip
+        _release_memory()
         for old in tmp.glob("model.onnx*"):
             old.unlink()
-        _save(onnx, onnx.load(str(tmp / "int8.onnx")), tmp / "model.onnx")
+        proto = onnx.load(str(tmp / "int8.onnx"))
+        _attach_tables(proto, tables)
+        _save(onnx, proto, tmp / "model.onnx")
         for leftover in tmp.glob("int8.onnx*"):
             leftover.unlink()
+
+
+class _Table:
+    """An embedding table taken out of the graph and quantised as onnxruntime quantises a Gather's data:
+    uint8, asymmetric, one scale and zero point per tensor."""
+
+    def __init__(self, name: str, dims: list[int], gathers: list[str], quantized: Any, scale: Any, zero: Any):
+        self.name, self.dims, self.gathers = name, dims, gathers
+        self.quantized, self.scale, self.zero = quantized, scale, zero
+
+
+def quantize_table(values: Any, rows_per_slice: int = 8192) -> tuple[Any, Any, Any]:
+    """``values`` (a float32 array) as uint8 with its scale and zero point, computed with onnxruntime's
+    own ``quantize_data`` and ``quantize_nparray``, but a slice of rows at a time: identical values,
+    without the whole-table float temporaries."""
+    import numpy as np
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import quantize_data, quantize_nparray
+
+    flat = values.reshape(values.shape[0], -1) if values.ndim > 1 else values.reshape(-1, 1)
+    bounds = np.array([flat.min(), flat.max()] if flat.size else [0.0, 0.0], dtype=np.float32)
+    params = quantize_data(bounds, TensorProto.UINT8, False)  # (…, zero point, scale, data) in every version
+    zero, scale = params[-3], params[-2]
+    out = np.empty(flat.shape, dtype=np.uint8)
+    for start in range(0, flat.shape[0], rows_per_slice):
+        out[start : start + rows_per_slice] = quantize_nparray(
+            TensorProto.UINT8, flat[start : start + rows_per_slice], scale, zero
+        )
+    return out.reshape(values.shape), scale, zero
+
+
+def _detach_tables(proto: Any) -> list[_Table]:
+    """Take every float initializer that a Gather reads from (the embedding tables) out of ``proto``,
+    quantised; each stays a graph input of the same name and shape until :func:`_attach_tables`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = {init.name: init for init in proto.graph.initializer}
+    readers: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        source = node.input[0] if node.op_type == "Gather" and node.input else ""
+        init = initializers.get(source)
+        if init is not None and init.data_type == TensorProto.FLOAT and len(init.dims) >= 1:
+            readers.setdefault(source, []).append(node.name)
+    tables = []
+    for name, gathers in readers.items():
+        init = initializers[name]
+        quantized, scale, zero = quantize_table(numpy_helper.to_array(init))
+        dims = list(init.dims)
+        tables.append(_Table(name, dims, gathers, quantized, scale, zero))
+        proto.graph.initializer.remove(init)
+        proto.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+    return tables
+
+
+def _attach_tables(proto: Any, tables: Sequence[_Table]) -> None:
+    """Put the quantised tables back: each one's Gathers read the uint8 table, and a DequantizeLinear
+    after each Gather gives its consumers float32, as onnxruntime's own quantised Gather does."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    by_gather = {gather: table for table in tables for gather in table.gathers}
+    names = {table.name for table in tables}
+    kept = [i for i in proto.graph.input if i.name not in names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    for table in tables:
+        proto.graph.initializer.extend([
+            numpy_helper.from_array(table.quantized, table.name + "_quantized"),
+            helper.make_tensor(table.name + "_scale", TensorProto.FLOAT, [], [float(table.scale)]),
+            helper.make_tensor(table.name + "_zero_point", TensorProto.UINT8, [], [int(table.zero)]),
+        ])  # fmt: skip
+    nodes = []
+    for original in proto.graph.node:
+        node = onnx.NodeProto()
+        node.CopyFrom(original)  # a copy: the graph's own list is cleared below
+        nodes.append(node)
+        reader = by_gather.get(node.name)
+        if reader is None or node.op_type != "Gather":
+            continue
+        output = node.output[0]
+        node.input[0] = reader.name + "_quantized"
+        node.output[0] = output + "_quantized"
+        nodes.append(helper.make_node(
+            "DequantizeLinear", [node.output[0], reader.name + "_scale", reader.name + "_zero_point"], [output],
+            name=output + "_DequantizeLinear",
+        ))  # fmt: skip
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+
+
+def _release_memory() -> None:
+    """Collect garbage and hand freed heap back to the system (glibc), so the next step's peak is not
+    stacked on memory the last one no longer uses."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _save(onnx: Any, proto: Any, path: Path) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -19,6 +22,7 @@ from .exits import reported_errors
 
 if TYPE_CHECKING:
     from ..benchmark import Measurement, Request
+    from ..ceilings import Ceiling
 
 
 @opt.loader_options(precision=False)
@@ -46,13 +50,31 @@ def bench(
     timeout: Annotated[
         float, typer.Option(help="Seconds each setup may take before it is reported as timed out.")
     ] = 1800.0,
+    ceilings: Annotated[
+        bool,
+        typer.Option(
+            "--ceilings/--no-ceilings",
+            help="Measure this machine's GEMM ceilings with each backend's own kernel (torch linear, "
+            "onnxruntime MatMul fp32 and int8) before the setups and again after them (a few seconds each; "
+            "the faster counts), and show each setup's speed as a percentage of its ceiling.",
+        ),
+    ] = True,
     fmt: opt.ReportFormatOption = opt.ReportFormat.AUTO,
 ) -> None:
     """Measure pairs/s, latency p50/p95 and peak memory of each precision and backend, side by side.
 
-    Each setup runs in a fresh process on the same requests: one batch job over all pairs (pairs/s, tokens/s) and each request on its own (latency). Scores are compared with the first setup's (max |Δ score|), so the accuracy a faster setup costs is shown next to its speed. int8 and bf16 change scores: check that column on your own data before you switch.
+    Each setup runs in a fresh process on the same requests: one batch job over all pairs (pairs/s, tokens/s) and each request on its own (latency). Scores are compared with the first setup's (max |Δ score|), so the accuracy a faster setup costs is shown next to its speed. int8 and bf16 change scores: check that column on your own data before you switch. The machine's limit is measured in the same run: the CPU's ISA flags, each backend's GEMM rate on a layer-sized problem (before and after the setups, the faster counts), and each setup as % of its ceiling (tokens/s x the model's FLOPs per token / GEMM rate).
     """
-    from ..benchmark import default_setups, demo_requests, machine, run_setups, setup_config
+    from ..benchmark import (
+        default_setups,
+        demo_requests,
+        machine,
+        measure_ceilings,
+        run_setups,
+        setup_config,
+        with_ceilings,
+    )
+    from ..ceilings import best_of, isa_flags, read_shape
 
     with reported_errors():
         as_json = opt.wants_json(fmt)
@@ -66,12 +88,26 @@ def bench(
         requests = requests[:limit] if limit else requests
         if not requests:
             raise UsageError("no requests to measure: the input has no lines with documents.")
-        if err_console.is_terminal:
-            with err_console.status(f"measuring {', '.join(chosen)} …", spinner="dots"):
-                results = run_setups(config, chosen, requests, timeout=timeout)
-        else:
+        with _status("measuring GEMM ceilings …"):
+            before = measure_ceilings(config, chosen, where, timeout=timeout) if ceilings else []
+        with _status(f"measuring {', '.join(chosen)} …"):
             results = run_setups(config, chosen, requests, timeout=timeout)
-        header = {"model": config.model, "device": where, "machine": machine(), "requests": len(requests)}
+        with _status("measuring GEMM ceilings again …"):  # a neighbour's load may have slowed the first
+            after = measure_ceilings(config, chosen, where, timeout=timeout) if ceilings else []
+        measured = best_of(before, after)
+        shape = read_shape(config.model, config.revision, config.cache_dir)
+        results = with_ceilings(results, shape, measured)
+        header = {
+            "model": config.model,
+            "device": where,
+            "machine": machine(),
+            "isa": isa_flags(),
+            "requests": len(requests),
+            "shape": asdict(shape) if shape else None,
+            "ceilings": [c.to_dict() for c in measured],
+            "ceilings_before": [c.to_dict() for c in before],
+            "ceilings_after": [c.to_dict() for c in after],
+        }
         if as_json:
             rows = [{k: v for k, v in asdict(r).items() if k != "scores"} for r in results]
             sys.stdout.buffer.write(
@@ -80,9 +116,14 @@ def bench(
                 )
             )
         else:
-            out_console(width=None if sys.stdout.isatty() else 132).print(_table(header, results))
+            out_console(width=None if sys.stdout.isatty() else 132).print(_table(header, results, measured))
         if any(r.error is not None for r in results):
             raise typer.Exit(ExitCode.CHECKS_FAILED)
+
+
+def _status(text: str) -> contextlib.AbstractContextManager[object]:
+    """A spinner on stderr while ``text`` runs, on a terminal only."""
+    return err_console.status(text, spinner="dots") if err_console.is_terminal else contextlib.nullcontext()
 
 
 def _requests(path: str) -> list[Request]:
@@ -93,21 +134,42 @@ def _requests(path: str) -> list[Request]:
     return [Request(item.query, tuple(d.text for d in item.documents)) for item in items]
 
 
-def _table(header: dict[str, Any], results: list[Measurement]) -> Table:
+def _table(header: dict[str, Any], results: list[Measurement], ceilings: Sequence[Ceiling] = ()) -> Table:
+    """The setups side by side; the GPU column only where a GPU was measured, so 80 columns hold it."""
+    from ..ceilings import isa_line
+
     pairs = next((r.pairs for r in results if r.error is None), 0)
+    gpu = any(r.peak_gpu_mb is not None for r in results)
+    notes = [f"{escape(header['machine'])}", isa_line(header["isa"])]
+    notes += [f"ceiling: {escape(c.describe())}" for c in ceilings]
+    per_token = next((r.flops_per_token for r in results if r.flops_per_token), None)
+    if ceilings and per_token:
+        notes.append(
+            f"%ceil: tok/s x {per_token / 1e9:.2f} GFLOP per token (at these lengths) / the matching ceiling"
+        )
+    elif ceilings:
+        notes.append("%ceil: not computed, the model's shape (config.json) is unknown here")
+    notes.append("max|Δ|: largest score (sigmoid) difference from the first setup on the same pairs")
     table = Table(
         title=f"bge-rerank bench: {escape(header['model'])} on {header['device']}, "
-        f"{header['requests']} requests, {pairs} pairs\n{escape(header['machine'])}\n"
-        "max|Δ|: largest score (sigmoid) difference from the first setup on the same pairs",
+        f"{header['requests']} requests, {pairs} pairs\n" + "\n".join(notes),
         title_justify="left",
+        box=box.SIMPLE_HEAD,  # no frame, a blank between columns (two; one with the GPU's): 80 columns hold it
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 0 if gpu else 1, 0, 0),
     )
-    for name in ("setup", "ran as", "pairs/s", "tok/s", "p50 ms", "p95 ms", "RSS MB", "GPU MB", "max|Δ|"):
+    names = ["setup", "ran as", "pairs/s", "tok/s", "p50 ms", "p95 ms", "RSS MB"]
+    names += ["GPU MB"] if gpu else []
+    names += ["%ceil"] if ceilings else []
+    names += ["max|Δ|"]
+    for name in names:
         table.add_column(name, justify="left" if name in ("setup", "ran as") else "right", no_wrap=True)
     for r in results:
-        if r.error is not None:
-            table.add_row(r.setup, f"[red]failed: {escape(r.error)}[/]", *[""] * 7)
+        if r.error is not None:  # the reason goes below the table: a long one in a cell would squash it
+            table.add_row(r.setup, "[red]failed[/]", *[""] * (len(names) - 2))
             continue
-        table.add_row(
+        cells = [
             r.setup,
             r.device,
             f"{r.pairs_per_s:.2f}",
@@ -115,7 +177,15 @@ def _table(header: dict[str, Any], results: list[Measurement]) -> Table:
             f"{r.latency_p50_ms:.0f}",
             f"{r.latency_p95_ms:.0f}",
             f"{r.peak_rss_mb:.0f}",
-            "-" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}",
-            "-" if r.max_abs_delta is None else f"{r.max_abs_delta:.1e}",
-        )
+        ]
+        cells += ["-" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}"] if gpu else []
+        cells += ["-" if r.pct_of_ceiling is None else f"{r.pct_of_ceiling:.0f}%"] if ceilings else []
+        cells += ["-" if r.max_abs_delta is None else f"{r.max_abs_delta:.1e}"]
+        table.add_row(*cells)
+    failures = [
+        f"[red]{escape(r.setup)} failed:[/] {escape(r.error)}" for r in results if r.error is not None
+    ]
+    if failures:
+        table.caption = "\n".join(failures)
+        table.caption_justify = "left"
     return table
