@@ -52,6 +52,9 @@ def test_an_export_that_would_not_fit_is_refused_before_the_model_loads(
     pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
     monkeypatch.setenv("BGE_RERANK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+    from bge_rerank_cli.backends import load_scorer
+
+    load_scorer.cache_clear()  # an earlier test may have loaded this model in-process already
     weights = memory.weight_bytes(tiny_xlmr)
     assert weights
     result = runner.invoke(app, ["score", "-q", "a", "-p", "b", "-m", str(tiny_xlmr), "--backend", "onnx"])
