@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import types
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -226,6 +227,8 @@ class DecoderScorer(TokenizedScorer):
                 v[members, :, span - len(key) :] = value[layer][1]
             layers.append((k, v))
         cache = DynamicCache(ddp_cache_data=layers, config=model.config)
+        for cached in cache.layers:  # serve the prefix; keep none of the batch's own keys/values
+            cached.update = types.MethodType(_prefix_only_update, cached)  # type: ignore[method-assign,union-attr]
         out = model.body(
             input_ids=ids.to(model.device),
             attention_mask=mask.to(model.device),
@@ -241,3 +244,12 @@ class DecoderScorer(TokenizedScorer):
             ce = load_cross_encoder(self.config, self.device, "fp32")
             self._fp32 = FoldedModel(ce[0].model, self.true_id, self.false_id)
         return self._fp32
+
+
+def _prefix_only_update(layer: Any, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
+    """A cache layer's ``update`` that returns prefix + new keys/values without storing them: a scoring
+    pass never decodes a next token, so each layer's batch keys/values can go as soon as it is done
+    (a stored cache would hold every layer's, ~1.7 GB for 20 passages of 300 tokens on Qwen3-0.6B)."""
+    import torch
+
+    return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
