@@ -29,7 +29,7 @@ FLOORS = {
     "import onnxruntime, tokenizers": "import onnxruntime, tokenizers",
     "import torch, transformers": "import torch, transformers",
     "import sentence_transformers (as bge-rerank does)": (
-        "from bge_rerank_cli.backends.hf import deferred_imports\n"
+        "from bge_rerank_cli.backends.deferred import deferred_imports\n"
         "with deferred_imports():\n    import sentence_transformers"
     ),
     "import sentence_transformers (plain)": "import sentence_transformers",

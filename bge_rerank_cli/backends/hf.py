@@ -7,19 +7,14 @@ runs the model it loads; the ONNX backend loads it once to export it.
 
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
 import os
-import sys
-import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..config import LoaderConfig
 from ..errors import ModelError, option
 from ..hub import cache_dir, download_command, hub_offline, probe_hub
+from .deferred import DYNAMO, deferred_imports
 
 # Roberta-family models reserve positions 0..padding_idx for padding, so fewer tokens fit.
 _ROBERTA_TYPES = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
@@ -106,53 +101,6 @@ def load_cross_encoder(config: LoaderConfig, device: str, dtype: str) -> Any:
     return ce
 
 
-# Imported by sentence-transformers at start-up for functions that scoring never calls: scikit-learn's
-# metrics (sentence_transformers.util.similarity: pairwise_distances), ~3.7 s of a 5-11 s import here.
-DEFERRED = ("sklearn", "sklearn.metrics")
-
-
-@contextmanager
-def deferred_imports(names: tuple[str, ...] = DEFERRED) -> Iterator[None]:
-    """While sentence-transformers imports, stand in for ``names`` (those not imported yet): a lowercase
-    name taken from them is a function that imports the real module on its first call; a class name
-    imports the real module at once; private and dunder names are absent (as ``inspect`` probes them). Afterwards the stand-ins leave ``sys.modules``, so later imports get
-    the real modules; what sentence-transformers bound keeps working, one first call later."""
-    stubs = {name: _Deferred(name) for name in names if name not in sys.modules}
-    sys.modules.update(stubs)
-    try:
-        yield
-    finally:
-        for name, stub in stubs.items():
-            if sys.modules.get(name) is stub:
-                del sys.modules[name]
-
-
-class _Deferred(types.ModuleType):
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
-        self.__path__: list[str] = []
-
-    def __getattr__(self, attr: str) -> Any:
-        name = self.__name__
-        if attr.startswith("_"):  # __file__, __version__, ...: probed by inspect and friends; not there
-            raise AttributeError(attr)
-        if not attr.islower():
-            return getattr(_real(name), attr)
-
-        def deferred(*args: Any, **kwargs: Any) -> Any:
-            return getattr(_real(name), attr)(*args, **kwargs)
-
-        deferred.__name__ = attr
-        return deferred
-
-
-def _real(name: str) -> Any:
-    if isinstance(sys.modules.get(name), _Deferred):
-        del sys.modules[name]
-    return importlib.import_module(name)
-
-
 def _cross_encoder(
     config: LoaderConfig, name: str, device: str, torch_dtype: Any, *, local_only: bool, is_local: bool
 ) -> Any:
@@ -162,16 +110,18 @@ def _cross_encoder(
         from sentence_transformers import CrossEncoder
 
     try:
-        return CrossEncoder(
-            name,
-            device=device,
-            cache_folder=config.cache_dir,
-            revision=config.revision,
-            local_files_only=local_only,
-            trust_remote_code=config.trust_remote_code,
-            activation_fn=torch.nn.Identity(),
-            model_kwargs={"dtype": torch_dtype},
-        )
+        # torch imports torch._dynamo while transformers builds the model on the meta device (see .deferred)
+        with deferred_imports((DYNAMO,)):
+            return CrossEncoder(
+                name,
+                device=device,
+                cache_folder=config.cache_dir,
+                revision=config.revision,
+                local_files_only=local_only,
+                trust_remote_code=config.trust_remote_code,
+                activation_fn=torch.nn.Identity(),
+                model_kwargs={"dtype": torch_dtype},
+            )
     except Exception as exc:  # the libraries raise OSError, ValueError, HTTP errors, ...
         raise _explain_load_failure(config, exc, is_local, local_only) from exc
 
