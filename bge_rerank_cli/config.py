@@ -42,6 +42,7 @@ class Dtype(Choice):
 
 
 class Backend(Choice):
+    AUTO = "auto"  # what `bge-rerank bench --recommend` measured fastest here, else torch (see recommend.py)
     TORCH = "torch"
     ONNX = "onnx"
 
@@ -99,7 +100,7 @@ class LoaderConfig:
     cache_dir: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
-    backend: str = "torch"
+    backend: str = "auto"  # auto: what `bench --recommend` measured fastest here, else torch
     quantize: str = "none"
     template: str = "auto"
     instruction: str | None = None  # decoder rerankers: the task instruction (None: the model's default)
@@ -121,7 +122,7 @@ class LoaderConfig:
             raise InvalidOption("batch_size", f"must be at least 1, got {self.batch_size}.")
         if not valid_device(self.device):
             raise InvalidOption("device", f"must be {DEVICE_CHOICES}, got {self.device!r}.")
-        if self.quantize != "none" and self.backend != "onnx":
+        if self.quantize != "none" and self.backend == "torch":
             raise UsageError(f"{option('quantize', self.quantize)} needs {option('backend', 'onnx')}.")
         if self.batch_tokens is not None and self.batch_tokens < 1:
             raise InvalidOption("batch_tokens", f"must be positive, got {self.batch_tokens}.")

@@ -19,10 +19,12 @@ __all__ = ["BatchScorer", "BatchTooLarge", "Encoded", "Scorer", "load_scorer"]
 @functools.lru_cache(maxsize=4)
 def load_scorer(config: LoaderConfig) -> Scorer:
     """Load the model ``config`` names (once per process and config) and return a ready scorer."""
+    from ..recommend import resolve_backend
     from .hf import quiet_libraries
 
     quiet_libraries()
     started = time.perf_counter()
+    config = resolve_backend(config)  # --backend auto: the measured choice for this model and CPU
     if config.backend == "onnx":
         from . import onnx_scorer
 

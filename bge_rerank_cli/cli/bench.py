@@ -59,6 +59,15 @@ def bench(
             "the faster counts), and show each setup's speed as a percentage of its ceiling.",
         ),
     ] = True,
+    recommend: Annotated[
+        bool,
+        typer.Option(
+            "--recommend",
+            help="Also record which exact (fp32) backend, torch or onnx, was faster for this model on this "
+            "CPU: --backend auto (the default) uses it from then on. Needs torch-fp32 and onnx-fp32 among "
+            "the setups (the default CPU set has them). int8 is reported, never chosen.",
+        ),
+    ] = False,
     fmt: opt.ReportFormatOption = opt.ReportFormat.AUTO,
 ) -> None:
     """Measure pairs/s, latency p50/p95 and peak memory of each precision and backend, side by side.
@@ -108,6 +117,8 @@ def bench(
             "ceilings_before": [c.to_dict() for c in before],
             "ceilings_after": [c.to_dict() for c in after],
         }
+        if recommend:
+            header["recommendation"] = _recommend(config, results)
         if as_json:
             rows = [{k: v for k, v in asdict(r).items() if k != "scores"} for r in results]
             sys.stdout.buffer.write(
@@ -119,6 +130,21 @@ def bench(
             out_console(width=None if sys.stdout.isatty() else 132).print(_table(header, results, measured))
         if any(r.error is not None for r in results):
             raise typer.Exit(ExitCode.CHECKS_FAILED)
+
+
+def _recommend(config: LoaderConfig, results: list[Measurement]) -> dict[str, Any]:
+    """Record the faster exact backend for ``--backend auto`` and say so on stderr."""
+    from ..recommend import choose, save
+
+    chosen = choose(results)
+    if chosen is None or not {"torch-fp32", "onnx-fp32"} <= set(chosen.pairs_per_s):
+        raise UsageError(
+            "--recommend needs both torch-fp32 and onnx-fp32 to have run (onnx needs "
+            "pip install 'bge-rerank-cli[onnx]'); nothing was recorded."
+        )
+    stored = save(config, chosen)
+    err_console.print(escape(stored.summary()), highlight=False)
+    return asdict(stored)
 
 
 def _status(text: str) -> contextlib.AbstractContextManager[object]:

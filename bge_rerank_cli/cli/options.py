@@ -304,7 +304,8 @@ BackendOption = Annotated[
     Backend,
     typer.Option(
         envvar="BGE_RERANK_BACKEND",
-        help="onnx: export the model once to ONNX (cached under ~/.cache/bge-rerank) and run it with "
+        help="auto: the backend `bge-rerank bench --recommend` measured fastest for this model on this CPU, "
+        "else torch. onnx: export the model once to ONNX (cached under ~/.cache/bge-rerank) and run it with "
         "onnxruntime, without importing torch. Needs pip install 'bge-rerank-cli[onnx]'.",
         rich_help_panel=LOADER,
     ),
@@ -313,7 +314,7 @@ QuantizeOption = Annotated[
     Quantize,
     typer.Option(
         envvar="BGE_RERANK_QUANTIZE",
-        help="int8 (with --backend onnx): dynamic int8 weights, the fastest CPU path; an explicit "
+        help="int8 (runs on --backend onnx; auto picks it): dynamic int8 weights, the fastest CPU path; an explicit "
         "opt-in, since scores shift (by up to ~0.01 on random weights; real-weight ranking quality is not "
         "measured by us: check yours with bge-rerank eval and bge-rerank bench).",
         rich_help_panel=LOADER,
@@ -368,7 +369,7 @@ def _loader_parameters() -> list[tuple[str, Any, Any]]:
         ("cache_dir", CacheDir, None),
         ("revision", Revision, None),
         ("trust_remote_code", TrustRemoteCode, False),
-        ("backend", BackendOption, Backend.TORCH),
+        ("backend", BackendOption, Backend.AUTO),
         ("quantize", QuantizeOption, Quantize.NONE),
         ("template", TemplateOption, Template.AUTO),
         ("instruction", Instruction, None),
