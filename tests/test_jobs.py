@@ -328,7 +328,7 @@ def _library_errors(tmp_path: Path) -> list[BgeRerankError]:
         lambda: Reranker(max_length=4),
         lambda: LoaderConfig(device="gpu"),
         lambda: LoaderConfig(dtype="fp8"),
-        lambda: LoaderConfig(quantize="int8"),
+        lambda: LoaderConfig(quantize="int8", backend="torch"),
         lambda: LoaderConfig(batch_size=0),
         lambda: LoaderConfig(batch_tokens=0),
         lambda: ScoreOptions(long_docs="split"),
@@ -396,7 +396,7 @@ def test_ray_splits_lines_exactly_as_a_local_job():
 def test_help_lists_choices_and_keeps_install_hints():
     text = invoke(["score", "--help"]).stdout
     for choices in ("<auto|jsonl|table|chart|tsv|trec>", "<truncate|chunk>", "<fail|skip>", "<local|ray>",
-                    "<auto|fp32|fp16|bf16>", "<torch|onnx>", "<none|int8>", "[auto|cpu|cuda|cuda:N|mps]"):  # fmt: skip
+                    "<auto|fp32|fp16|bf16>", "<auto|torch|onnx>", "<none|int8>", "[auto|cpu|cuda|cuda:N|mps]"):  # fmt: skip
         assert choices in text, choices
     assert "pip install 'bge-rerank-cli[ray]'" in text and "pip install 'bge-rerank-cli[onnx]'" in text
     assert "pip install 'bge-rerank-cli[serve]'" in invoke(["serve", "--help"]).stdout

@@ -57,8 +57,10 @@ def test_int8_is_an_explicit_opt_in_with_finite_scores(tiny_xlmr: Path):
     scores = score_pairs(scorer, PAIRS)
     assert all(abs(s.logit) < 1e6 for s in scores)
     assert scorer.describe()["dtype"] == "int8"
-    result = runner.invoke(app, ["score", "-m", str(tiny_xlmr), "--quantize", "int8", "-q", "a", "-p", "b"])
+    args = ["score", "-m", str(tiny_xlmr), "--quantize", "int8", "-q", "a", "-p", "b"]
+    result = runner.invoke(app, [*args, "--backend", "torch"])
     assert result.exit_code == 2 and "--quantize int8 needs --backend onnx" in result.stderr
+    assert runner.invoke(app, args).exit_code == 0  # --backend auto (the default) runs int8 on ONNX
 
 
 def test_a_cached_export_scores_in_a_fresh_process_without_torch(tiny_xlmr: Path, own_cache: Path):
