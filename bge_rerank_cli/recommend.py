@@ -115,8 +115,11 @@ def save(config: LoaderConfig, chosen: Recommendation) -> Recommendation:
 
 
 def lookup(config: LoaderConfig) -> Recommendation | None:
+    entries = _entries(store_path())
+    if not entries:  # the common case: nothing recorded, nothing more to read
+        return None
     key, cpu = model_key(config), cpu_signature()
-    for entry in _entries(store_path()):
+    for entry in entries:
         if entry.get("model") == key and entry.get("cpu") == cpu:
             try:
                 return Recommendation(**entry)
