@@ -129,48 +129,6 @@ def query_workload(pairs: int, docs: int = 20, seed: int = 11, passage_words: tu
     return out
 
 
-def qwen3_reference_loop(model: str, max_length: int) -> tuple[Callable[[list], list[float]], Any]:
-    """The Qwen3-Reranker model card's code (transformers, fp32): each query's documents go through
-    ``process_inputs`` and ``compute_logits`` as one batch, as the card scores a list of pairs."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
-    lm = AutoModelForCausalLM.from_pretrained(model).eval()
-    token_false_id = tokenizer.convert_tokens_to_ids("no")
-    token_true_id = tokenizer.convert_tokens_to_ids("yes")
-    prefix = (
-        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
-        'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-    )
-    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-    prefix_tokens = tokenizer.encode(prefix, add_special_tokens=False)
-    suffix_tokens = tokenizer.encode(suffix, add_special_tokens=False)
-    task = "Given a web search query, retrieve relevant passages that answer the query"
-
-    def process_inputs(pairs: list[str]) -> Any:
-        inputs = tokenizer(pairs, padding=False, truncation="longest_first", return_attention_mask=False,
-                           max_length=max_length - len(prefix_tokens) - len(suffix_tokens))  # fmt: skip
-        for i, ele in enumerate(inputs["input_ids"]):
-            inputs["input_ids"][i] = prefix_tokens + ele + suffix_tokens
-        return tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)
-
-    @torch.no_grad()
-    def compute_logits(inputs: Any) -> list[float]:
-        batch_scores = lm(**inputs).logits[:, -1, :]
-        stacked = torch.stack([batch_scores[:, token_false_id], batch_scores[:, token_true_id]], dim=1)
-        return torch.nn.functional.log_softmax(stacked, dim=1)[:, 1].exp().tolist()
-
-    def score(batch: list) -> list[float]:
-        out: list[float] = []
-        for query in dict.fromkeys(q for q, _ in batch):  # the card's loop, one query's documents at a time
-            texts = [f"<Instruct>: {task}\n<Query>: {q}\n<Document>: {d}" for q, d in batch if q == query]
-            out += compute_logits(process_inputs(texts))
-        return out
-
-    return score, (tokenizer, process_inputs, task)
-
-
 def workload(
     pairs: int, seed: int = 7, passage_tokens: tuple[int, int] | None = None, repeats: float = 0.1
 ) -> list[tuple[str, str]]:
@@ -216,7 +174,13 @@ def worker(
     precision = engine.rsplit("-", 1)[1]
     score: Callable[[list], list[float]]
     if engine.startswith("qwen3-reference"):
-        score, (_, process_inputs, task) = qwen3_reference_loop(model, max_length)
+        from tools.reference_rerankers import Qwen3ModelCard
+
+        card = Qwen3ModelCard(model, max_length=max_length)
+
+        def score(batch: list) -> list[float]:  # the model card's code, one query's documents a batch
+            return card.score_per_query(batch)
+
     elif engine.startswith("st-"):
         import torch
         from sentence_transformers import CrossEncoder
@@ -284,8 +248,8 @@ def worker(
     if engine.startswith("qwen3-reference"):
         lengths, padded = [], 0
         for query in dict.fromkeys(q for q, _ in pairs):
-            texts = [f"<Instruct>: {task}\n<Query>: {q}\n<Document>: {d}" for q, d in pairs if q == query]
-            mask = process_inputs(texts)["attention_mask"]
+            texts = [card.format_instruction(q, d) for q, d in pairs if q == query]
+            mask = card.process_inputs(texts)["attention_mask"]
             lengths += mask.sum(-1).tolist()
             padded += mask.numel()
         padding = 1 - sum(lengths) / padded

@@ -22,6 +22,7 @@ from bge_rerank_cli.cli import app
 from bge_rerank_cli.errors import ModelError
 from bge_rerank_cli.records import Pair
 from tests.conftest import SAMPLES, run_cli
+from tools.reference_rerankers import Qwen3ModelCard, flag_llm_reranker
 
 runner = CliRunner()
 WORDS = (
@@ -54,70 +55,15 @@ def tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bge_gemma(tmp_path_factory.mktemp("models") / "tiny-bge-gemma")
 
 
-def qwen3_reference(model_dir: Path, pairs, instruction=None, max_length=8192):
-    """The Qwen3-Reranker model card's transformers code, as published."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    token_false_id = tokenizer.convert_tokens_to_ids("no")
-    token_true_id = tokenizer.convert_tokens_to_ids("yes")
-    prefix = (
-        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
-        'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-    )
-    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-    prefix_tokens = tokenizer.encode(prefix, add_special_tokens=False)
-    suffix_tokens = tokenizer.encode(suffix, add_special_tokens=False)
-    if instruction is None:
-        instruction = "Given a web search query, retrieve relevant passages that answer the query"
-    texts = [f"<Instruct>: {instruction}\n<Query>: {q}\n<Document>: {d}" for q, d in pairs]
-    inputs = tokenizer(texts, padding=False, truncation="longest_first", return_attention_mask=False,
-                       max_length=max_length - len(prefix_tokens) - len(suffix_tokens))  # fmt: skip
-    for i, ele in enumerate(inputs["input_ids"]):
-        inputs["input_ids"][i] = prefix_tokens + ele + suffix_tokens
-    ids = [list(x) for x in inputs["input_ids"]]
-    inputs = tokenizer.pad(inputs, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        batch_scores = model(**inputs).logits[:, -1, :]
-        stacked = torch.stack([batch_scores[:, token_false_id], batch_scores[:, token_true_id]], dim=1)
-        scores = torch.nn.functional.log_softmax(stacked, dim=1)[:, 1].exp().tolist()
-    return scores, ids
+def qwen3_reference(model_dir: Path, pairs, instruction=None):
+    """The Qwen3-Reranker model card's transformers code, as published: scores and input ids."""
+    card = Qwen3ModelCard(model_dir, instruction=instruction)
+    return card.score(pairs), card.ids(pairs)
 
 
-def gemma_reference(model_dir: Path, pairs, prompt=None, max_length=512):
-    """FlagEmbedding 1.4.2's ``BaseLLMReranker.compute_score_single_gpu`` (FlagLLMReranker), normalize=True."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    yes_loc = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
-    if prompt is None:
-        prompt = (
-            "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
-            "providing a prediction of either 'Yes' or 'No'."
-        )
-    prompt_inputs = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    sep_inputs = tokenizer("\n", add_special_tokens=False)["input_ids"]
-    encode_max_length = max_length + len(sep_inputs) + len(prompt_inputs)
-    items = []
-    for q, p in pairs:
-        qi = tokenizer(f"A: {q}", add_special_tokens=False, max_length=max_length * 3 // 4, truncation=True)
-        pi = tokenizer(f"B: {p}", add_special_tokens=False, max_length=max_length, truncation=True)
-        first, second = [tokenizer.bos_token_id] + qi["input_ids"], sep_inputs + pi["input_ids"]
-        extra = len(first) + len(second) - encode_max_length  # prepare_for_model(truncation="only_second")
-        if 0 < extra < len(second):
-            second = second[:-extra]
-        ids = first + second + sep_inputs + prompt_inputs
-        items.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
-    tokenizer.padding_side = "left"
-    batch = tokenizer.pad({k: [it[k] for it in items] for k in items[0]}, padding=True, pad_to_multiple_of=8,
-                          return_tensors="pt")  # fmt: skip
-    with torch.no_grad():
-        scores = model(**batch).logits[:, -1, yes_loc].float()
-    return [float(torch.sigmoid(s)) for s in scores], [it["input_ids"] for it in items]
+def gemma_reference(model_dir: Path, pairs, prompt=None):
+    """FlagEmbedding 1.4.2's ``FlagLLMReranker.compute_score`` (normalize=True): scores and input ids."""
+    return flag_llm_reranker(model_dir, pairs, prompt=prompt)
 
 
 @pytest.mark.parametrize("reuse", [True, False], ids=["prefix-reuse", "no-reuse"])

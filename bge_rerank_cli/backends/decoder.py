@@ -14,20 +14,16 @@ computed once per query and reused by each batch that holds its passages (``pref
 from __future__ import annotations
 
 import inspect
-import logging
 import types
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from ..config import LoaderConfig
-from ..errors import ModelError
-from .base import BatchTooLarge, Encoded
+from .base import Encoded
 from .hf import decoder_facts, load_cross_encoder
 from .prompts import TEMPLATES, answer_ids
 from .tokenization import TokenizedScorer
-
-log = logging.getLogger("bge_rerank_cli")
 
 # Prefix key/value states kept for reuse across batches (a query's passages may span several batches).
 PREFIX_CACHE_BYTES = 256 * 2**20
@@ -105,31 +101,14 @@ class DecoderScorer(TokenizedScorer):
                 "max_length": self.max_length, "random_weights": self.random_weights}  # fmt: skip
 
     def logits(self, batch: Sequence[Encoded]) -> list[float]:
-        import torch
+        from .torch_scorer import guarded_logits
 
-        try:
-            values = self._logits(self._model, batch)
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            from .torch_scorer import _is_out_of_memory
-
-            if not _is_out_of_memory(exc):
-                raise
-            self._forget_prefixes()
-            if self.device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            raise BatchTooLarge(str(exc)[:200]) from exc
-        if self.dtype != "fp32" and not torch.isfinite(values).all():
-            if not self.fp32_fallbacks:
-                log.warning(
-                    "%s overflow gave non-finite scores; recomputing those batches in fp32.", self.dtype
-                )
-            self.fp32_fallbacks += 1
-            values = self._logits(self._fp32_model(), batch, reuse=False)
-        if not torch.isfinite(values).all():
-            raise ModelError(
-                "the model produced non-finite scores even in fp32.", hint="Check the model files."
-            )
-        return [float(v) for v in values.tolist()]
+        return guarded_logits(
+            self,
+            lambda: self._logits(self._model, batch),
+            lambda: self._logits(self._fp32_model(), batch, reuse=False),
+            on_oom=self._forget_prefixes,
+        )
 
     def _logits(self, model: FoldedModel, batch: Sequence[Encoded], *, reuse: bool | None = None) -> Any:
         import torch

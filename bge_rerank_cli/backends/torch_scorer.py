@@ -4,7 +4,7 @@ for scoring; the ONNX export borrows it through :mod:`.hf`)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import LoaderConfig, cpu_threads
@@ -110,30 +110,12 @@ class TorchScorer(TokenizedScorer):
                 "max_length": self.max_length, "random_weights": self.random_weights}  # fmt: skip
 
     def logits(self, batch: Sequence[Encoded]) -> list[float]:
-        import torch
-
         features = self._features(batch)
-        try:
-            values = self._forward(self._model, features)
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            if not _is_out_of_memory(exc):
-                raise
-            if self.device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            raise BatchTooLarge(str(exc)[:200]) from exc
-        if self.dtype != "fp32" and not torch.isfinite(values).all():
-            # fp16/bf16 overflow: never emit it; recompute this batch in fp32.
-            if not self.fp32_fallbacks:
-                log.warning(
-                    "%s overflow gave non-finite scores; recomputing those batches in fp32.", self.dtype
-                )
-            self.fp32_fallbacks += 1
-            values = self._forward(self._fp32_model(), features)
-        if not torch.isfinite(values).all():
-            raise ModelError(
-                "the model produced non-finite scores even in fp32.", hint="Check the model files."
-            )
-        return [float(v) for v in values.tolist()]
+        return guarded_logits(
+            self,
+            lambda: self._forward(self._model, features),
+            lambda: self._forward(self._fp32_model(), features),
+        )
 
     def _features(self, batch: Sequence[Encoded]) -> dict[str, Any]:
         import torch
@@ -165,6 +147,37 @@ class TorchScorer(TokenizedScorer):
         if self._fp32 is None:
             self._fp32 = load_cross_encoder(self.config, self.device, "fp32")[0].model
         return self._fp32
+
+
+def guarded_logits(
+    scorer: Any, run: Callable[[], Any], run_fp32: Callable[[], Any], on_oom: Callable[[], None] | None = None
+) -> list[float]:
+    """One batch's logits from ``run()`` (a 1-D tensor), as every torch scorer guards them: out of memory
+    becomes :class:`BatchTooLarge` (the engine splits the batch; ``on_oom`` frees what the scorer holds);
+    a half-precision overflow is never emitted but recomputed with ``run_fp32()`` (counted in
+    ``scorer.fp32_fallbacks``); non-finite scores in fp32 are a :class:`ModelError`."""
+    import torch
+
+    try:
+        values = run()
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        if on_oom is not None:
+            on_oom()
+        if scorer.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        raise BatchTooLarge(str(exc)[:200]) from exc
+    if scorer.dtype != "fp32" and not torch.isfinite(values).all():
+        if not scorer.fp32_fallbacks:
+            log.warning(
+                "%s overflow gave non-finite scores; recomputing those batches in fp32.", scorer.dtype
+            )
+        scorer.fp32_fallbacks += 1
+        values = run_fp32()
+    if not torch.isfinite(values).all():
+        raise ModelError("the model produced non-finite scores even in fp32.", hint="Check the model files.")
+    return [float(v) for v in values.tolist()]
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
