@@ -162,6 +162,7 @@ def worker(
     device: str,
     batch_tokens: int | None = None,
     warmup: str = "2",
+    spawned: float | None = None,
 ) -> dict[str, object]:
     """One engine's timed pass over the workload, after an untimed warm-up in the same process: two
     pairs (``warmup="2"``), or the whole workload once (``"full"``), so every batch shape has met its
@@ -237,14 +238,19 @@ def worker(
                 r.score for r in score_pairs(scorer, [Pair(q, p) for q, p in batch], control=JobControl())
             ]
 
+    loaded_at = time.time()  # imports and model load done (wall clock: the parent timed the spawn)
     started = time.perf_counter()
     score(pairs if warmup == "full" else pairs[:2])  # untimed
     _sync(device)
     warm_seconds = time.perf_counter() - started
+    first_at = time.time()
     started = time.perf_counter()
     scores = score(pairs)
     _sync(device)
     elapsed = time.perf_counter() - started
+    if spawned is not None:  # whole process: start, load, first score (2 pairs), then every pair
+        extra["whole"] = {"load_s": loaded_at - spawned, "first_score_s": first_at - spawned,
+                          "whole_s": time.time() - spawned}  # fmt: skip
     if engine.startswith("qwen3-reference"):
         lengths, padded = [], 0
         for query in dict.fromkeys(q for q, _ in pairs):
@@ -547,6 +553,7 @@ def main() -> int:
         help="Rows (tokens) of the ceilings' GEMM problem, tokens x hidden x ffn (default 512 CPU, 8192 GPU).",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--spawned-at", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="Also write the results (with every score) to this JSON file.")
@@ -577,6 +584,7 @@ def main() -> int:
             args.device,
             args.batch_tokens,
             args.warmup,
+            args.spawned_at,
         )
         print(json.dumps(result))
         return 0
@@ -631,7 +639,9 @@ def main() -> int:
             if args.batch_tokens and engine.startswith("ours-"):
                 cmd += ["--batch-tokens", str(args.batch_tokens)]
             started = time.perf_counter()
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            out = subprocess.run(
+                [*cmd, "--spawned-at", repr(time.time())], capture_output=True, text=True, env=env
+            )
             if out.returncode != 0:
                 skipped[engine] = (out.stderr.strip().splitlines() or ["failed"])[-1][:200]
                 print(f"{engine} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
@@ -673,6 +683,30 @@ def main() -> int:
         mode = f"{args.model_kind}-{mode}" if qwen3 else mode
         _write_doc(mode, report, " ".join(sys.argv[1:]))
     return 0
+
+
+def whole_process_table(
+    best: dict[str, dict], peers: dict[str, dict | None], peer_names: dict[str, str]
+) -> list[str]:
+    """Whole processes, as a user waits for them: from the process's start to its model loaded, to its first
+    score (a 2-pair call), and to every pair scored (that first call included), with the ratio of each
+    peer's whole-process time to this engine's (above 1: this engine finished sooner)."""
+    timed = {e: r["whole"] for e, r in best.items() if "whole" in r}
+    if not timed:
+        return []
+    names = [p for p in peer_names if peers[p] is not None and "whole" in peers[p]]  # type: ignore[operator]
+    cols = "".join(f" × {peer_names[p]} (whole) |" for p in names)
+    lines = [
+        "\nwhole process (cold start → model loaded → first score → all pairs scored), seconds:\n",
+        f"| engine | loaded | first score | all pairs |{cols}",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
+    for engine, w in timed.items():
+        ratios = "".join(f" {peers[p]['whole']['whole_s'] / w['whole_s']:.2f} |" for p in names)  # type: ignore[index]
+        lines.append(
+            f"| {engine} | {w['load_s']:.1f} | {w['first_score_s']:.1f} | {w['whole_s']:.1f} |{ratios}"
+        )
+    return lines
 
 
 def render(
@@ -734,6 +768,7 @@ def render(
         )
     for engine, why in skipped.items():
         lines.append(f"| {engine} | not run: {why} |" + " |" * (5 + len(peer_names) + with_pct))
+    lines += whole_process_table(best, peers, peer_names)
     per_round = "; ".join(
         f"{e} " + ", ".join(f"{r['pairs'] / r['seconds']:.2f}" for r in rs)
         for e, rs in (runs or {}).items()
