@@ -26,6 +26,15 @@ def cache_dir(explicit: str | None = None) -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
+def own_cache() -> Path:
+    """bge-rerank's own cache (ONNX exports, backend recommendations), apart from the Hugging Face one:
+    ``$BGE_RERANK_CACHE``, else ``$XDG_CACHE_HOME/bge-rerank`` or ``~/.cache/bge-rerank``."""
+    base = os.environ.get("BGE_RERANK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bge-rerank"
+    )
+    return Path(base)
+
+
 def endpoint() -> str:
     from huggingface_hub import constants
 

@@ -15,7 +15,6 @@ model and CPU, plain JSON, safe to delete.
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -76,10 +75,9 @@ def model_key(config: LoaderConfig) -> str:
 
 
 def store_path() -> Path:
-    base = os.environ.get("BGE_RERANK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bge-rerank"
-    )
-    return Path(base) / "recommend.json"
+    from .hub import own_cache
+
+    return own_cache() / "recommend.json"
 
 
 def choose(measured: Sequence[Any]) -> Recommendation | None:

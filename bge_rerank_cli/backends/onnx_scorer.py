@@ -14,7 +14,6 @@ import contextlib
 import gc
 import hashlib
 import logging
-import os
 import shutil
 import sys
 import types
@@ -37,10 +36,9 @@ FORMAT_VERSION = 2
 
 
 def cache_root() -> Path:
-    base = os.environ.get("BGE_RERANK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bge-rerank"
-    )
-    return Path(base) / "onnx"
+    from ..hub import own_cache
+
+    return own_cache() / "onnx"
 
 
 def export_dir(config: LoaderConfig) -> Path:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..config import LoaderConfig
 from ..hub import Reachability, hub_offline, probe_hub
+from ..memory import available_bytes
 
 PACKAGES = (
     "torch",
@@ -171,7 +172,7 @@ class Snapshot:
     nvidia_driver: str | None = None
     model_check: ModelCheck | None = None
     ray_cluster: str | None = None  # what a probe of RAY_ADDRESS found; None when unset
-    memory_available: int | None = None  # MemAvailable, bytes
+    memory_available: int | None = None  # bytes: MemAvailable, capped by a cgroup limit (memory.py)
 
     @property
     def offline(self) -> bool:
@@ -220,7 +221,7 @@ def collect(
         nvidia_driver=nvidia_driver(),
         model_check=run_model_check(config) if check_model else None,
         ray_cluster=probe_ray(env.get("RAY_ADDRESS"), timeout) if probe_network else None,
-        memory_available=memory_available(),
+        memory_available=available_bytes(),
     )
 
 
@@ -347,17 +348,6 @@ def _kind(folder: Path, model: str) -> tuple[str, str]:
         return known
     architectures = cfg.get("architectures") or []
     return (str(architectures[0]) if architectures else known[0]), str(cfg.get("model_type") or known[1])
-
-
-def memory_available() -> int | None:
-    """Bytes of memory the kernel says a new process can use (MemAvailable), on Linux."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _shape(folder: Path, model: str) -> dict[str, int]:
