@@ -221,7 +221,7 @@ def worker(
     else:
         from bge_rerank_cli.backends import load_scorer
         from bge_rerank_cli.config import LoaderConfig
-        from bge_rerank_cli.engine import JobControl, score_pairs, token_batches
+        from bge_rerank_cli.engine import JobControl, prefix_keys, score_pairs, token_batches
         from bge_rerank_cli.records import Pair
 
         backend = engine.split("-")[1]
@@ -274,9 +274,7 @@ def worker(
         unique = list(dict.fromkeys(Pair(q, p) for q, p in pairs))
         encoded = scorer.encode(unique)
         lengths = [len(e.ids) for e in encoded]
-        keys = (
-            [tuple(e.ids[: e.prefix]) for e in encoded] if getattr(scorer, "groups_prefixes", False) else None
-        )
+        keys = prefix_keys(scorer, encoded)
         batches = token_batches(range(len(lengths)), lengths, scorer.batch_tokens, scorer.fill_tokens, keys)
         padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
         padding = 1 - sum(lengths) / padded

@@ -105,6 +105,12 @@ def token_batches(
     return batches
 
 
+def prefix_keys(scorer: BatchScorer, encoded: Sequence[Encoded]) -> list[tuple[int, ...]] | None:
+    """The batching keys of :func:`token_batches` for ``scorer``: each sequence's shared prompt prefix
+    when the scorer reuses prefixes (it wants each batch to hold one query's sequences), else None."""
+    return [e.prefix_key for e in encoded] if getattr(scorer, "groups_prefixes", False) else None
+
+
 def score_encoded(
     scorer: BatchScorer, encoded: Sequence[Encoded], *, control: JobControl | None = None
 ) -> list[float]:
@@ -118,8 +124,7 @@ def score_encoded(
     lengths = [len(e.ids) for e in encoded]
     logits: list[float] = [0.0] * len(encoded)
     budget, fill = scorer.batch_tokens, scorer.fill_tokens
-    # A scorer that reuses prompt prefixes wants each batch to hold one query's sequences.
-    keys = [tuple(e.ids[: e.prefix]) for e in encoded] if getattr(scorer, "groups_prefixes", False) else None
+    keys = prefix_keys(scorer, encoded)
     pending = token_batches(range(len(encoded)), lengths, budget, fill, keys)
     while pending:
         control.check()

@@ -31,6 +31,11 @@ class Encoded:
     span: tuple[int, int] | None = None
     prefix: int = 0
 
+    @property
+    def prefix_key(self) -> tuple[int, ...]:
+        """The shared prefix's ids: equal for every passage of one query (empty for a cross-encoder)."""
+        return tuple(self.ids[: self.prefix])
+
 
 class BatchTooLarge(Exception):
     """A scorer raises this when a batch does not fit in (GPU) memory; the engine splits the batch."""

@@ -96,9 +96,7 @@ class DecoderScorer(TokenizedScorer):
         return self.config.prefix_reuse
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.config.model, "device": self.device, "dtype": self.dtype, "backend": "torch",
-                "template": self.template, "prefix_reuse": self.config.prefix_reuse,
-                "max_length": self.max_length, "random_weights": self.random_weights}  # fmt: skip
+        return {**super().describe(), "prefix_reuse": self.config.prefix_reuse}
 
     def logits(self, batch: Sequence[Encoded]) -> list[float]:
         from .torch_scorer import guarded_logits
@@ -123,7 +121,7 @@ class DecoderScorer(TokenizedScorer):
         """Reuse pays when passages share prefixes (or their prefixes are cached already)."""
         if not self.config.prefix_reuse or any(e.prefix <= 0 or e.prefix >= len(e.ids) for e in batch):
             return False
-        keys = {tuple(e.ids[: e.prefix]) for e in batch}
+        keys = {e.prefix_key for e in batch}
         return len(batch) >= 2 * len(keys) or all(k in self._prefixes for k in keys)
 
     def _full(self, model: FoldedModel, batch: Sequence[Encoded]) -> Any:
@@ -159,12 +157,11 @@ class DecoderScorer(TokenizedScorer):
         cache = getattr(out, "cache", None) or out.past_key_values
         states = [(layer.keys, layer.values) for layer in cache.layers]
         self.prefix_runs += 1
-        size = sum(k.numel() * k.element_size() * 2 for k, _ in states)
         self._prefixes[key] = states
-        self._prefix_bytes += size
+        self._prefix_bytes += _nbytes(states)
         while self._prefix_bytes > PREFIX_CACHE_BYTES and len(self._prefixes) > 1:
             _, old = self._prefixes.popitem(last=False)
-            self._prefix_bytes -= sum(k.numel() * k.element_size() * 2 for k, _ in old)
+            self._prefix_bytes -= _nbytes(old)
         return states
 
     def _forget_prefixes(self) -> None:
@@ -180,7 +177,7 @@ class DecoderScorer(TokenizedScorer):
         import torch
         from transformers import DynamicCache
 
-        keys = [tuple(e.ids[: e.prefix]) for e in batch]
+        keys = [e.prefix_key for e in batch]
         states = {key: self._prefix_states(model, key) for key in dict.fromkeys(keys)}
         self.prefix_hits += len(batch)
         rows = len(batch)
@@ -223,6 +220,11 @@ class DecoderScorer(TokenizedScorer):
             ce = load_cross_encoder(self.config, self.device, "fp32")
             self._fp32 = FoldedModel(ce[0].model, self.true_id, self.false_id)
         return self._fp32
+
+
+def _nbytes(states: list[tuple[Any, Any]]) -> int:
+    """Bytes held by one prefix's per-layer (keys, values)."""
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in states)
 
 
 def _prefix_only_update(layer: Any, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:

@@ -169,22 +169,22 @@ def _check_cross_encoder(config: LoaderConfig, ce: Any) -> None:
     model_config = transformer.model.config
     architectures = list(getattr(model_config, "architectures", None) or [])
     task = getattr(transformer, "transformer_task", "")
-    if model_template(config.template, config.model, model_config) != "cross-encoder":
-        pass  # a decoder reranker (text-generation): its template was found; the tokenizer check follows
-    elif task != "sequence-classification" or (
-        architectures and not any(a.endswith("ForSequenceClassification") for a in architectures)
-    ):
-        kind = ", ".join(architectures) or task or "unknown"
-        raise ModelError(
-            f"{config.model} is not a cross-encoder (architecture: {kind}).",
-            hint="A reranker has a sequence-classification head with one output, "
-            "e.g. BAAI/bge-reranker-v2-m3 or cross-encoder/ms-marco-MiniLM-L6-v2.",
-        )
-    elif getattr(model_config, "num_labels", 1) != 1:
-        raise ModelError(
-            f"{config.model} has {model_config.num_labels} output labels; a reranker has exactly one.",
-            hint="Use a cross-encoder trained for relevance scoring.",
-        )
+    # A decoder reranker (a text-generation model whose template was found) needs only the tokenizer check.
+    if model_template(config.template, config.model, model_config) == "cross-encoder":
+        if task != "sequence-classification" or (
+            architectures and not any(a.endswith("ForSequenceClassification") for a in architectures)
+        ):
+            kind = ", ".join(architectures) or task or "unknown"
+            raise ModelError(
+                f"{config.model} is not a cross-encoder (architecture: {kind}).",
+                hint="A reranker has a sequence-classification head with one output, "
+                "e.g. BAAI/bge-reranker-v2-m3 or cross-encoder/ms-marco-MiniLM-L6-v2.",
+            )
+        if getattr(model_config, "num_labels", 1) != 1:
+            raise ModelError(
+                f"{config.model} has {model_config.num_labels} output labels; a reranker has exactly one.",
+                hint="Use a cross-encoder trained for relevance scoring.",
+            )
     if not getattr(transformer.tokenizer, "is_fast", False):
         raise ModelError(
             f"{config.model} has no fast (Rust) tokenizer, which bge-rerank needs.",

@@ -58,6 +58,8 @@ def export_dir(config: LoaderConfig) -> Path:
 class OnnxScorer(TokenizedScorer):
     """Tokenises with ``tokenizers`` and runs the exported graph with onnxruntime."""
 
+    backend = "onnx"
+
     def __init__(self, config: LoaderConfig, folder: Path) -> None:
         try:
             import onnxruntime as ort
@@ -94,13 +96,6 @@ class OnnxScorer(TokenizedScorer):
             str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
         )
         self._inputs = {i.name for i in self._session.get_inputs()}
-
-    def describe(self) -> dict[str, Any]:
-        described = {"model": self.config.model, "device": "cpu", "dtype": self.dtype, "backend": "onnx",
-                     "max_length": self.max_length, "random_weights": self.random_weights}  # fmt: skip
-        if self.left_padding:
-            described["template"] = self.template
-        return described
 
     def logits(self, batch: Sequence[Encoded]) -> list[float]:
         import numpy as np

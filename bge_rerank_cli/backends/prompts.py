@@ -29,6 +29,7 @@ from typing import Any
 from ..errors import InvalidOption, ModelError, option
 from ..records import Pair
 from .base import Encoded
+from .tokenization import clip_texts
 
 QWEN3_SYSTEM = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
@@ -267,14 +268,4 @@ class PromptTokenizer:
         return out
 
     def clip(self, texts: Sequence[str], max_tokens: int) -> list[tuple[str, int]]:
-        """Each text cut to its first ``max_tokens`` tokens (at a token boundary), with the tokens cut."""
-        out = []
-        for text, enc in zip(
-            texts, self._tok.encode_batch(list(texts), add_special_tokens=False), strict=True
-        ):
-            if len(enc.ids) <= max_tokens:
-                out.append((text, 0))
-                continue
-            end = enc.offsets[max_tokens - 1][1] if max_tokens > 0 else 0
-            out.append((text[:end], len(enc.ids) - max_tokens))
-        return out
+        return clip_texts(self._tok, texts, max_tokens)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import LoaderConfig
 from ..records import Pair
 from .base import CPU_FILL_TOKENS, Encoded
-from .prompts import TEMPLATES, PromptTokenizer
+
+if TYPE_CHECKING:
+    from .prompts import PromptTokenizer
 
 log = logging.getLogger("bge_rerank_cli")
 
@@ -102,17 +104,20 @@ class PairTokenizer:
         return out
 
     def clip(self, texts: Sequence[str], max_tokens: int) -> list[tuple[str, int]]:
-        """Each text cut to its first ``max_tokens`` tokens (at a token boundary), with the tokens cut."""
-        out = []
-        for text, enc in zip(
-            texts, self._tok.encode_batch(list(texts), add_special_tokens=False), strict=True
-        ):
-            if len(enc) <= max_tokens:
-                out.append((text, 0))
-                continue
-            end = enc.offsets[max_tokens - 1][1] if max_tokens > 0 else 0
-            out.append((text[:end], len(enc) - max_tokens))
-        return out
+        return clip_texts(self._tok, texts, max_tokens)
+
+
+def clip_texts(tok: Any, texts: Sequence[str], max_tokens: int) -> list[tuple[str, int]]:
+    """Each text cut to its first ``max_tokens`` tokens of ``tok`` (a ``tokenizers.Tokenizer``), at a token
+    boundary, with the number of tokens cut."""
+    out = []
+    for text, enc in zip(texts, tok.encode_batch(list(texts), add_special_tokens=False), strict=True):
+        if len(enc) <= max_tokens:
+            out.append((text, 0))
+            continue
+        end = enc.offsets[max_tokens - 1][1] if max_tokens > 0 else 0
+        out.append((text[:end], len(enc) - max_tokens))
+    return out
 
 
 def _span(window: Any) -> tuple[int, int]:
@@ -135,6 +140,7 @@ class TokenizedScorer:
     model_limit: int
     pairs: PairTokenizer | PromptTokenizer
     template: str = "cross-encoder"
+    backend: str = "torch"
 
     random_weights: bool = False
 
@@ -155,6 +161,8 @@ class TokenizedScorer:
     def _setup_prompt(self, config: LoaderConfig, template: str, tokenizer_json: str, *, model_limit: int,
                       pad_id: int, bos_id: int | None, random_weights: bool = False) -> None:  # fmt: skip
         """:meth:`_setup` for a decoder reranker: pairs become ``template``'s prompt."""
+        from .prompts import TEMPLATES, PromptTokenizer
+
         self.config = config
         self.random_weights = random_weights
         self.model_limit = model_limit
@@ -194,6 +202,16 @@ class TokenizedScorer:
 
     def clip(self, texts: Sequence[str], max_tokens: int) -> list[tuple[str, int]]:
         return self.pairs.clip(texts, max_tokens)
+
+    def describe(self) -> dict[str, Any]:
+        """What ran: model, device, dtype, backend, effective max length, whether the weights are a
+        random stand-in, and a decoder reranker's template."""
+        described = {"model": self.config.model, "device": self.device, "dtype": self.dtype,
+                     "backend": self.backend, "max_length": self.max_length,
+                     "random_weights": self.random_weights}  # fmt: skip
+        if self.template != "cross-encoder":
+            described["template"] = self.template
+        return described
 
 
 def effective_max_length(config: LoaderConfig, model_limit: int) -> int:

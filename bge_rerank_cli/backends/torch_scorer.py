@@ -105,10 +105,6 @@ class TorchScorer(TokenizedScorer):
     def fill_tokens(self) -> int:
         return self.batch_tokens // 4 if self.device.startswith("cuda") else super().fill_tokens
 
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.config.model, "device": self.device, "dtype": self.dtype, "backend": "torch",
-                "max_length": self.max_length, "random_weights": self.random_weights}  # fmt: skip
-
     def logits(self, batch: Sequence[Encoded]) -> list[float]:
         features = self._features(batch)
         return guarded_logits(
