@@ -46,6 +46,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -178,6 +179,30 @@ def requests_of(n: int, docs: int, seed: int, passage_words: tuple[int, int]) ->
         {"query": pairs[i * docs][0], "documents": [p for _, p in pairs[i * docs : (i + 1) * docs]]}
         for i in range(n)
     ]
+
+
+def request_tokens(model: Path, requests: list[dict], max_length: int) -> list[list[int]]:
+    """Each request's pairs' token counts as every server runs them: the model's own tokenizer on
+    (query, document), truncated at ``max_length``."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+    out = []
+    for r in requests:
+        queries = [r["query"]] * len(r["documents"])
+        encoded = tok(queries, r["documents"], truncation=True, max_length=max_length)
+        out.append([len(ids) for ids in encoded["input_ids"]])
+    return out
+
+
+def measure_ceilings(model: Path, names: list[str]) -> list[dict]:
+    """The GEMM ceilings the servers' engines need (torch fp32 linear, onnxruntime MatMul), on the
+    model's layer-sized problem, in a fresh process: bench/speed.py's measurement."""
+    from bge_rerank_cli.ceilings import DEFAULT_GEMM, gemm_tokens, kinds_for, measure_in_child, read_shape
+
+    shape = read_shape(str(model))
+    gemm = shape.gemm(gemm_tokens("cpu")) if shape else DEFAULT_GEMM
+    return [c.to_dict() for c in measure_in_child(kinds_for(names), gemm, device="cpu")]
 
 
 def body(request: dict) -> bytes:
@@ -427,6 +452,82 @@ def _rate(phase: dict) -> float:
     return phase["ok"] / phase["seconds"] if phase["seconds"] else 0.0
 
 
+@dataclass
+class Work:
+    """What the requests cost in FLOPs and what the machine can do: each request's token counts, the
+    model's FLOPs per token and the GEMM ceilings measured before and after the servers (best of)."""
+
+    tokens: list[list[int]]
+    shape: Any = None  # bge_rerank_cli.ceilings.EncoderShape
+    ceilings: list[Any] = field(default_factory=list)  # bge_rerank_cli.ceilings.Ceiling
+    spreads: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, meta: dict) -> Work:
+        from bge_rerank_cli.ceilings import best_of, from_dict, read_shape
+
+        runs = [[from_dict(c) for c in meta.get(k, [])] for k in ("ceilings_before", "ceilings_after")]
+        spreads: dict[str, list[float]] = {}
+        for run in runs:
+            for c in run:
+                if c.error is None:
+                    spreads.setdefault(c.kind, []).append(c.rate)
+        shape = read_shape(meta["model_dir"]) if meta.get("model_dir") else None
+        return cls(meta.get("tokens", []), shape, best_of(*runs), spreads)
+
+    @property
+    def flops_per_token(self) -> float | None:
+        from bge_rerank_cli.ceilings import attention_length
+
+        if self.shape is None or not self.tokens:
+            return None
+        return self.shape.flops_per_token(attention_length(n for r in self.tokens for n in r))
+
+    def tokens_per_s(self, phase: dict) -> float | None:
+        """The tokens of the requests a phase answered, per second of it."""
+        if not self.tokens or not phase["seconds"]:
+            return None
+        return sum(sum(self.tokens[int(i)]) for i in phase["scores"]) / phase["seconds"]
+
+    def percent(self, server: str, tokens_per_s: float | None) -> float | None:
+        from bge_rerank_cli.ceilings import percent_for
+
+        fpt = self.flops_per_token
+        if tokens_per_s is None or fpt is None:
+            return None
+        return percent_for(server, tokens_per_s, fpt, self.ceilings)
+
+    def describe(self, peer: str | None, peer_best: dict[int, dict]) -> list[str]:
+        """The ceilings, how % of ceiling is counted, and what 1.5x the peer's fp32 throughput at the
+        highest concurrency would take of the torch fp32 ceiling."""
+        from bge_rerank_cli.ceilings import isa_flags, isa_line
+
+        fpt = self.flops_per_token
+        if fpt is None or not self.ceilings:
+            return []
+        lines = [isa_line(isa_flags())]
+        for c in self.ceilings:
+            runs = self.spreads.get(c.kind, [])
+            spread = " (before the servers " + ", after ".join(f"{r / 1e9:.0f}" for r in runs) + ")"
+            lines.append(f"ceiling: {c.describe()}{spread if len(runs) == 2 else ''}")
+        per_request = sum(map(sum, self.tokens)) / len(self.tokens)
+        lines.append(
+            f"% of ceiling: tokens/s x FLOPs per token / the matching ceiling (the servers' torch fp32 to torch's "
+            f"linear, ONNX to onnxruntime's MatMul); {per_request:.0f} tokens per request, "
+            f"{fpt / 1e9:.3f} GFLOP per token ({self.shape.linear_flops() / 1e9:.3f} G projections and "
+            f"FFN + attention at the pairs' token-weighted mean length)"
+        )
+        if peer and peer_best:
+            c = max(peer_best)
+            need = self.percent(peer, 1.5 * (self.tokens_per_s(peer_best[c]) or 0.0))
+            if need is not None:
+                lines.append(
+                    f"1.5x {peer}'s throughput at {c} clients would be {need:.0f}% of the torch fp32 ceiling "
+                    f"(the same FLOPs per request in fp32)"
+                )
+        return lines
+
+
 def best_phases(runs: list[dict]) -> dict[int, dict]:
     """Per concurrency, the phase with the most requests/s among a server's rounds."""
     best: dict[int, dict] = {}
@@ -445,10 +546,11 @@ def render(results: list[dict], skipped: dict[str, str], args: argparse.Namespac
     peer_name = next((n for n in servers if n in PEERS and best_phases(servers[n])), None)
     peer_best = best_phases(servers[peer_name]) if peer_name else {}
     rounds = max((r.get("round", 1) for r in results), default=1)
+    work = Work.of(meta)
     lines = [
-        f"| server | clients | requests/s | pairs/s | p50 ms | p95 ms | p99 ms | server CPU ms/request | errors "
-        f"| × {peer_name or 'peer'} |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| server | clients | requests/s | pairs/s | tokens/s | % of ceiling | p50 ms | p95 ms | p99 ms "
+        f"| server CPU ms/request | errors | × {peer_name or 'peer'} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in servers.items():
         for c, p in sorted(best_phases(runs).items()):
@@ -457,9 +559,12 @@ def render(results: list[dict], skipped: dict[str, str], args: argparse.Namespac
             cpu = p.get("server_cpu_seconds")
             cpu_ms = "-" if cpu is None or not p["ok"] else f"{cpu / p['ok'] * 1000:.0f}"
             cut = " (cut short)" if p["cut_short"] else ""
+            tokens_s = work.tokens_per_s(p)
+            pct = work.percent(name, tokens_s)
             lines.append(
-                f"| {name} | {c} | {rate:.2f} | {rate * args.docs:.1f} | {_ms(percentile(lat, 0.5))} | "
-                f"{_ms(percentile(lat, 0.95))} | {_ms(percentile(lat, 0.99))} | "
+                f"| {name} | {c} | {rate:.2f} | {rate * args.docs:.1f} | "
+                f"{'-' if tokens_s is None else f'{tokens_s:.0f}'} | {'-' if pct is None else f'{pct:.0f}%'} | "
+                f"{_ms(percentile(lat, 0.5))} | {_ms(percentile(lat, 0.95))} | {_ms(percentile(lat, 0.99))} | "
                 f"{cpu_ms} | "
                 f"{len(p['errors'])}{cut} | {'-' if ratio != ratio else f'{ratio:.2f}'} |"
             )
@@ -524,7 +629,7 @@ def render(results: list[dict], skipped: dict[str, str], args: argparse.Namespac
         "relevance scores on the same requests (the first concurrency that answered each). p99 of a few "
         "dozen requests is close to the slowest one."
     )
-    return header + "\n\n" + "\n".join(lines) + notes
+    return header + "\n" + "\n".join(work.describe(peer_name, peer_best)) + "\n\n" + "\n".join(lines) + notes
 
 
 def _write_doc(mode: str, report: str) -> None:
@@ -611,6 +716,9 @@ def main() -> int:
     parser.add_argument(
         "--reuse", help="Take the results of servers not run now from this earlier --json file."
     )
+    parser.add_argument(
+        "--no-ceilings", action="store_true", help="Skip the GEMM ceilings (and the %% of ceiling column)."
+    )
     parser.add_argument("--progress", action="store_true", help="Print each phase to stderr as it ends.")
     parser.add_argument("--json", help="Also write the raw numbers (every latency and score) to this file.")
     parser.add_argument(
@@ -650,7 +758,12 @@ def main() -> int:
                 python, ("infinity-emb", "torch", "sentence-transformers", "transformers")
             )
     prepare_exports(model, names, args.max_length, deadline - time.monotonic())
-    bodies = [body(r) for r in requests_of(args.requests, args.docs, args.seed, args.passage_words)]
+    requests = requests_of(args.requests, args.docs, args.seed, args.passage_words)
+    bodies = [body(r) for r in requests]
+    meta["tokens"] = request_tokens(model, requests, args.max_length)
+    meta["model_dir"] = str(model)
+    if not args.no_ceilings:
+        meta["ceilings_before"] = measure_ceilings(model, names)
     warmups = [body(r) for r in requests_of(args.warmup, args.docs, args.seed + 1, args.passage_words)]
     results: list[dict] = _reused(args, names)
 
@@ -678,6 +791,8 @@ def main() -> int:
                 result["round"] = round_
                 results.append(result)
             save()
+    if not args.no_ceilings:
+        meta["ceilings_after"] = measure_ceilings(model, names)
     report = render(results, skipped, args, meta)
     print(report)
     save()

@@ -2,9 +2,9 @@
 
 A long-running front end (the HTTP service) tokenises each request's pairs with the engine's
 :func:`~bge_rerank_cli.engine.encode_pairs`, submits the sequences, and waits for their logits. The one
-worker thread waits a short gather window after the first submission, takes what has queued (up to one
-group's worth of sequences), and scores it through the same token-budget batching as a batch job
-(:func:`~bge_rerank_cli.engine.score_encoded`: sorted by length, padding-aware, OOM splitting), so pairs
+worker thread waits a short gather window after the first submission, takes what has queued in arrival
+order (up to two batches' worth of sequences), and scores it through the same token-budget batching as a
+batch job (:func:`~bge_rerank_cli.engine.score_encoded`: sorted by length, padding-aware, OOM splitting), so pairs
 of several requests share forward passes and every score equals the batch tool's. A submission whose
 caller gave up (its future cancelled) before the worker started on it is dropped from the queue at once.
 No web framework here: the service turns :class:`QueueFull` into 429 and cancellations into dropped
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .backends.base import BatchScorer, Encoded
-from .engine import JobControl, group_budget, score_encoded
+from .engine import JobControl, score_encoded
 from .errors import BgeRerankError, ExitCode
 
 
@@ -85,7 +85,10 @@ class Batcher:
         self.gather_seconds = gather_seconds
         self.max_pending = max_pending
         self.observer: Observer = observer or _Silent()
-        self.round_size = group_budget(scorer)
+        # A round is two batches' worth of sequences, taken in arrival order: enough for pairs of several
+        # requests to share sorted, padding-aware batches, few enough that the first requests in the
+        # queue are answered after their own round, not after everything queued with them.
+        self.round_size = max(2 * scorer.batch_size, 1)
         self._queue: deque[Ticket] = deque()
         self._pending = 0
         self._cond = threading.Condition()

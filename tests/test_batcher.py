@@ -45,6 +45,23 @@ def test_submissions_in_one_gather_window_share_forward_passes_and_keep_their_or
         batcher.close()
 
 
+def test_rounds_of_two_batches_answer_the_first_submissions_first():
+    # 6 submissions of 3 sequences, batch size 4: rounds of at most 8 sequences, in arrival order, so the
+    # first two submissions are scored (and answered) in the first round, before the later ones are run.
+    scorer, recorder = FakeScorer(batch_size=4, batch_tokens=10_000), Recorder()
+    batcher = Batcher(scorer, gather_seconds=0.3, observer=recorder)
+    try:
+        texts = [[f"{n}{c}" for c in "xyz"] for n in range(6)]
+        tickets = [batcher.submit(encode(scorer, t)) for t in texts]
+        assert [t.future.result(timeout=10) for t in tickets] == [
+            [FakeScorer.logit_of(Pair("q", x)) for x in t] for t in texts
+        ]
+        assert sorted(p.passage for p in scorer.scored[:6]) == sorted(x for t in texts[:2] for x in t)
+        assert sum(pairs for pairs, _ in recorder.passes) == 18 and max(r for _, r in recorder.passes) == 2
+    finally:
+        batcher.close()
+
+
 def test_a_cancelled_submission_leaves_the_queue_and_the_bound_holds():
     scorer, recorder = FakeScorer(batch_size=64, batch_tokens=10_000), Recorder()
     batcher = Batcher(scorer, gather_seconds=1.0, max_pending=5, observer=recorder)

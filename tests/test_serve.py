@@ -258,9 +258,10 @@ LONG = [f"passage {i}: " + " ".join(["json file read load parse"] * 40) + f" {i}
 
 
 def test_limits_overload_disconnects_and_health_under_load(tiny_xlmr: Path, tmp_path: Path):
-    """A 2 s gather window holds submissions in the queue long enough to act on them deterministically."""
+    """A 2 s gather window holds submissions in the queue long enough to act on them deterministically
+    (the worker waits it out while fewer than a round's sequences, 2 x --batch-size, are queued)."""
     server = start(tiny_xlmr, tmp_path, "--max-docs", "1500", "--max-queue", "300", "--max-body-bytes", "3000000",
-                   "--gather-ms", "2000")  # fmt: skip
+                   "--gather-ms", "2000", "--batch-size", "128")  # fmt: skip
     port = int(server.url.rsplit(":", 1)[1])
     try:
         huge = {"query": "json", "documents": ["x" * 5000] * 700}
