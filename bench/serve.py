@@ -9,7 +9,11 @@ N concurrent clients, each a closed loop (send, wait for the answer, send the ne
 --concurrency. Before measuring: wait for readiness (ours GET /ready, infinity GET /health), then a few
 warm-up requests. Reports requests/s, pairs/s, p50/p95/p99 latency and errors per server and
 concurrency, the ratio to the peer, and the largest |Δ relevance_score| against the peer on the same
-requests (all apply a sigmoid to the logit).
+requests (all apply a sigmoid to the logit). Each row also gives tokens/s (the requests' tokens, counted
+with the model's tokenizer) as % of the matching GEMM ceiling (bge_rerank_cli/ceilings.py: torch fp32
+linear, onnxruntime fp32/int8 MatMul on a layer-sized problem, measured before and after the servers,
+best of), and the report says what 1.5x the peer's fp32 throughput at the highest concurrency would take
+of the fp32 ceilings.
 
 If infinity-emb cannot be installed or does not serve, the peer is sentence-transformers
 `CrossEncoder.rank` behind a minimal FastAPI app (bench/serve_infinity_app.py, in this venv), and the
@@ -518,12 +522,20 @@ class Work:
             f"FFN + attention at the pairs' token-weighted mean length)"
         )
         if peer and peer_best:
+            from bge_rerank_cli.ceilings import CEILING_LABELS, percent_of_ceiling
+
             c = max(peer_best)
-            need = self.percent(peer, 1.5 * (self.tokens_per_s(peer_best[c]) or 0.0))
-            if need is not None:
+            target = 1.5 * (self.tokens_per_s(peer_best[c]) or 0.0)
+            needs = [
+                f"{percent_of_ceiling(target, fpt, ceiling.rate):.0f}% of the "
+                f"{CEILING_LABELS.get(ceiling.kind, ceiling.kind)} ceiling"
+                for ceiling in self.ceilings
+                if ceiling.kind.endswith("fp32") and ceiling.rate > 0
+            ]
+            if needs:
                 lines.append(
-                    f"1.5x {peer}'s throughput at {c} clients would be {need:.0f}% of the torch fp32 ceiling "
-                    f"(the same FLOPs per request in fp32)"
+                    f"1.5x {peer}'s throughput at {c} clients, in fp32 (the same FLOPs per request), would be "
+                    f"{target * fpt / 1e9:.0f} GFLOP/s: " + " and ".join(needs)
                 )
         return lines
 
