@@ -305,6 +305,37 @@ def test_limits_overload_disconnects_and_health_under_load(tiny_xlmr: Path, tmp_
         stop(server)
 
 
+def test_request_ids_and_json_access_log(tiny_xlmr: Path, tmp_path: Path):
+    """X-Request-ID from a load balancer is echoed, logged and used as Cohere's id; a missing or unsafe one
+    is replaced by a fresh UUID. --log-format json writes one parseable line per request, with no texts."""
+    server = start(tiny_xlmr, tmp_path, "--log-format", "json")
+    try:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        body = {"query": QUERY, "documents": DOCS[:2]}
+        given = httpx.post(server.url + "/v2/rerank", json=body, headers={**auth, "X-Request-ID": "lb-7f3a.9"},
+                           timeout=60)  # fmt: skip
+        assert given.status_code == 200
+        assert given.headers["x-request-id"] == "lb-7f3a.9" and given.json()["id"] == "lb-7f3a.9"
+        fresh = httpx.post(server.url + "/v2/rerank", json=body, headers=auth, timeout=60)
+        rid = fresh.headers["x-request-id"]
+        assert len(rid) == 36 and fresh.json()["id"] == rid
+        unsafe = httpx.post(server.url + "/v1/rerank", json=body, timeout=60,
+                            headers={**auth, "X-Request-ID": 'x" injected="1'})  # fmt: skip
+        assert unsafe.status_code == 200 and unsafe.headers["x-request-id"] != 'x" injected="1'
+        denied = httpx.post(server.url + "/rerank", json={"query": "q", "texts": ["a"]}, timeout=60,
+                            headers={"X-Request-ID": "no-key-1"})  # fmt: skip
+        assert denied.status_code == 401 and denied.headers["x-request-id"] == "no-key-1"
+    finally:
+        assert stop(server) in (-signal.SIGTERM, 128 + signal.SIGTERM)
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+    by_id = {line["request_id"]: line for line in lines}
+    assert by_id["lb-7f3a.9"]["path"] == "/v2/rerank" and by_id["lb-7f3a.9"]["status"] == 200
+    assert by_id[rid]["status"] == 200 and by_id["no-key-1"]["status"] == 401
+    assert unsafe.headers["x-request-id"] in by_id and "injected" not in server.log.read_text()
+    assert set(by_id[rid]) == {"time", "client", "method", "path", "status", "ms", "request_id"}
+    assert "json.load" not in server.log.read_text()  # document texts are never logged
+
+
 def test_sigterm_finishes_the_request_in_flight_then_exits(tiny_xlmr: Path, tmp_path: Path):
     server = start(tiny_xlmr, tmp_path)
     answers: list[httpx.Response] = []

@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import sys
 import threading
 import time
@@ -152,7 +153,7 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics) -> None:
         ]  # fmt: skip
         units = max(1, math.ceil(len(texts) / 100))
         meta = s.CohereMeta(billed_units=s.CohereBilledUnits(search_units=units))
-        return s.CohereRerankResponse(id=str(uuid.uuid4()), results=results, meta=meta)
+        return s.CohereRerankResponse(id=request_id(request), results=results, meta=meta)
 
     @app.post("/v1/rerank", response_model=s.JinaRerankResponse, response_model_exclude_none=True,
               summary="Jina / vLLM rerank")  # fmt: skip
@@ -289,8 +290,19 @@ def _handlers(app: FastAPI, metrics: Metrics) -> None:
         return error(500, "internal error (see the service log)", "Backend")
 
 
+# An incoming X-Request-ID is kept when it is a plain token (what load balancers and tracing proxies send:
+# UUIDs, hex, dotted or dashed ids); anything else is replaced, so a header cannot inject into the log.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def request_id(request: Request) -> str:
+    """The id :class:`Gate` gave this request (the caller's X-Request-ID, or a new UUID)."""
+    return str(request.scope.get("state", {}).get("request_id") or uuid.uuid4())
+
+
 class Gate:
-    """ASGI middleware: API key, body-size limit, request metrics, one access-log line per request."""
+    """ASGI middleware: API key, body-size limit, request metrics, X-Request-ID, one access-log line per
+    request."""
 
     def __init__(
         self, app: Any, *, metrics: Metrics, api_key: str | None, max_body: int, log_format: str
@@ -309,13 +321,20 @@ class Gate:
         path = scope.get("path", "")
         route = path if path in ROUTES else "other"
         status = {"code": 500}
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(b"x-request-id", b"")
+        rid = incoming.decode() if _REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
+        scope.setdefault("state", {})["request_id"] = rid
 
         async def sending(message: Any) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())],
+                }
             await send(message)
 
-        headers = dict(scope.get("headers") or [])
         try:
             if (
                 self.key is not None
@@ -337,7 +356,7 @@ class Gate:
             seconds = time.perf_counter() - started
             self.metrics.requests.labels(route, str(status["code"])).inc()
             self.metrics.latency.labels(route).observe(seconds)
-            self._access(scope, status["code"], seconds)
+            self._access(scope, status["code"], seconds, rid)
 
     def _limited(self, receive: Any) -> Any:
         seen = 0
@@ -353,12 +372,13 @@ class Gate:
 
         return limited
 
-    def _access(self, scope: dict[str, Any], status: int, seconds: float) -> None:
+    def _access(self, scope: dict[str, Any], status: int, seconds: float, rid: str) -> None:
         client = (scope.get("client") or ("-", 0))[0]
         method, path = scope.get("method", "-"), scope.get("path", "-")
         if self.log_format == "json":
             line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "client": client, "method": method,
-                               "path": path, "status": status, "ms": round(seconds * 1000, 1)})  # fmt: skip
+                               "path": path, "status": status, "ms": round(seconds * 1000, 1),
+                               "request_id": rid})  # fmt: skip
         else:
-            line = f'{client} "{method} {path}" {status} {seconds * 1000:.1f}ms'
+            line = f'{client} "{method} {path}" {status} {seconds * 1000:.1f}ms {rid}'
         print(line, file=sys.stderr, flush=True)
