@@ -84,6 +84,22 @@ def test_qwen3_scores_equal_the_model_cards_code(tiny_qwen3: Path, reuse: bool, 
         assert reranker.scorer.prefix_runs - runs == len(QUERIES)  # one prefix pass per query
 
 
+def test_a_batch_holding_several_queries_reuses_each_prefix(tiny_qwen3: Path):
+    # The engine never mixes queries in one batch (token_batches groups by prefix), but the scorer takes
+    # any batch: rows of different prefixes, each left-padded to the longest, equal the full prompts.
+    pairs = mixed_pairs(per_query=3)
+    reuse = Reranker(model=str(tiny_qwen3), device="cpu", prefix_reuse=True).scorer
+    full = Reranker(model=str(tiny_qwen3), device="cpu", prefix_reuse=False).scorer
+    encoded = reuse.encode([Pair(*p) for p in pairs])
+    assert len({e.prefix_key for e in encoded}) == len(QUERIES) > 1
+    assert len({len(e.prefix_key) for e in encoded}) > 1  # prefixes of different lengths
+    reuse._forget_prefixes()
+    runs = reuse.prefix_runs
+    got = reuse.logits(encoded)
+    assert reuse.prefix_runs - runs == len(QUERIES)
+    assert got == pytest.approx(full.logits(encoded), abs=1e-5)
+
+
 def test_qwen3_instruction_and_the_template_is_never_cut(tiny_qwen3: Path):
     pairs = mixed_pairs(per_query=2)
     instruction = "Given a question, retrieve passages that answer it"

@@ -192,16 +192,22 @@ class DecoderScorer(TokenizedScorer):
             mask[row, span - len(key) : span] = 1
             mask[row, span + width - len(rest) :] = 1
             positions[row, width - len(rest) :] = torch.arange(len(key), len(key) + len(rest))
-        layers = []
-        for layer in range(len(next(iter(states.values())))):
-            k0, v0 = states[keys[0]][layer]
-            k = k0.new_zeros((rows, k0.shape[1], span, k0.shape[3]))
-            v = v0.new_zeros((rows, v0.shape[1], span, v0.shape[3]))
-            for key, value in states.items():
-                members = [r for r, other in enumerate(keys) if other == key]
-                k[members, :, span - len(key) :] = value[layer][0]
-                v[members, :, span - len(key) :] = value[layer][1]
-            layers.append((k, v))
+        if len(states) == 1:
+            # One query's passages (what token_batches makes): every row has the same prefix. Its states
+            # stay (1, heads, len, dim); each layer's update broadcasts them to the rows as it runs, so
+            # no layer holds a rows-sized copy of the prefix for the whole pass.
+            layers = next(iter(states.values()))
+        else:
+            layers = []
+            for layer in range(len(next(iter(states.values())))):
+                k0, v0 = states[keys[0]][layer]
+                k = k0.new_zeros((rows, k0.shape[1], span, k0.shape[3]))
+                v = v0.new_zeros((rows, v0.shape[1], span, v0.shape[3]))
+                for key, value in states.items():
+                    members = [r for r, other in enumerate(keys) if other == key]
+                    k[members, :, span - len(key) :] = value[layer][0]
+                    v[members, :, span - len(key) :] = value[layer][1]
+                layers.append((k, v))
         cache = DynamicCache(ddp_cache_data=layers, config=model.config)
         for cached in cache.layers:  # serve the prefix; keep none of the batch's own keys/values
             cached.update = types.MethodType(_prefix_only_update, cached)  # type: ignore[method-assign,union-attr]
@@ -233,4 +239,6 @@ def _prefix_only_update(layer: Any, key_states: Any, value_states: Any, *args: A
     (a stored cache would hold every layer's, ~1.7 GB for 20 passages of 300 tokens on Qwen3-0.6B)."""
     import torch
 
-    return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
+    rows = key_states.shape[0]
+    keys, values = layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1)
+    return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
