@@ -32,6 +32,20 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tools.random_model import build_qwen3_reranker
+
+    return build_qwen3_reranker(tmp_path_factory.mktemp("models") / "tiny-qwen3-reranker")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tools.random_model import build_bge_gemma
+
+    return build_bge_gemma(tmp_path_factory.mktemp("models") / "tiny-bge-gemma")
+
+
 @pytest.fixture(scope="session", params=["xlmr", "bert"])
 def tiny_model(request: pytest.FixtureRequest) -> Path:
     """Both model families: XLM-RoBERTa (bge-reranker) and BERT (ms-marco MiniLM rerankers)."""

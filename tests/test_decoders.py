@@ -41,20 +41,6 @@ def mixed_pairs(per_query: int = 6, seed: int = 1) -> list[tuple[str, str]]:
     ]
 
 
-@pytest.fixture(scope="session")
-def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tools.random_model import build_qwen3_reranker
-
-    return build_qwen3_reranker(tmp_path_factory.mktemp("models") / "tiny-qwen3-reranker")
-
-
-@pytest.fixture(scope="session")
-def tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tools.random_model import build_bge_gemma
-
-    return build_bge_gemma(tmp_path_factory.mktemp("models") / "tiny-bge-gemma")
-
-
 def qwen3_reference(model_dir: Path, pairs, instruction=None):
     """The Qwen3-Reranker model card's transformers code, as published: scores and input ids."""
     card = Qwen3ModelCard(model_dir, instruction=instruction)

@@ -73,6 +73,24 @@ def test_ray_records_equal_the_local_engine(
         assert mine == record
 
 
+def test_ray_with_a_decoder_reranker_equals_the_local_engine(tiny_qwen3: Path, tmp_path: Path):
+    """A Qwen3-Reranker through Ray actors: the same template, prefix reuse and scores as locally."""
+    source = SAMPLES / "rerank.jsonl"
+    local = local_records(["rerank", str(source), "-m", str(tiny_qwen3)])
+    out = tmp_path / "out"
+    args = ["rerank", "--engine", "ray", "--model", str(tiny_qwen3), "-o", str(out), str(source)]
+    result = runner.invoke(app, [*args, "--actors", "1", "--cpus-per-actor", "0.5"])
+    assert result.exit_code == 0, result.output
+    remote = by_line(read_dir(out))
+    assert sorted(remote) == list(range(1, len(local) + 1))
+    for line, record in enumerate(local, start=1):
+        mine = remote[line]
+        for a, b in zip(mine["results"], record["results"], strict=True):
+            assert a.pop("score") == pytest.approx(b.pop("score"), abs=1e-6)
+            assert a.pop("logit") == pytest.approx(b.pop("logit"), abs=1e-5)
+        assert mine == record
+
+
 def test_ray_skip_mode_writes_errors_beside_the_output(tiny_xlmr: Path, tmp_path: Path):
     source = tmp_path / "in.jsonl"
     source.write_bytes(
