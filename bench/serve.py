@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -202,11 +203,9 @@ def request_tokens(model: Path, requests: list[dict], max_length: int) -> list[l
 def measure_ceilings(model: Path, names: list[str]) -> list[dict]:
     """The GEMM ceilings the servers' engines need (torch fp32 linear, onnxruntime MatMul), on the
     model's layer-sized problem, in a fresh process: bench/speed.py's measurement."""
-    from bge_rerank_cli.ceilings import DEFAULT_GEMM, gemm_tokens, kinds_for, measure_in_child, read_shape
+    from bge_rerank_cli.ceilings import kinds_for, measure_for_model
 
-    shape = read_shape(str(model))
-    gemm = shape.gemm(gemm_tokens("cpu")) if shape else DEFAULT_GEMM
-    return [c.to_dict() for c in measure_in_child(kinds_for(names), gemm, device="cpu")]
+    return [c.to_dict() for c in measure_for_model(str(model), kinds_for(names), "cpu")]
 
 
 def body(request: dict) -> bytes:
@@ -459,27 +458,31 @@ def _rate(phase: dict) -> float:
 @dataclass
 class Work:
     """What the requests cost in FLOPs and what the machine can do: each request's token counts, the
-    model's FLOPs per token and the GEMM ceilings measured before and after the servers (best of)."""
+    model's FLOPs per token and the GEMM ceilings measured before and after the servers."""
 
     tokens: list[list[int]]
     shape: Any = None  # bge_rerank_cli.ceilings.EncoderShape
-    ceilings: list[Any] = field(default_factory=list)  # bge_rerank_cli.ceilings.Ceiling
-    spreads: dict[str, list[float]] = field(default_factory=dict)
+    before: list[Any] = field(default_factory=list)  # bge_rerank_cli.ceilings.Ceiling
+    after: list[Any] = field(default_factory=list)
 
     @classmethod
     def of(cls, meta: dict) -> Work:
-        from bge_rerank_cli.ceilings import best_of, from_dict, read_shape
+        from bge_rerank_cli.ceilings import from_dict, read_shape
 
-        runs = [[from_dict(c) for c in meta.get(k, [])] for k in ("ceilings_before", "ceilings_after")]
-        spreads: dict[str, list[float]] = {}
-        for run in runs:
-            for c in run:
-                if c.error is None:
-                    spreads.setdefault(c.kind, []).append(c.rate)
+        before, after = (
+            [from_dict(c) for c in meta.get(k, [])] for k in ("ceilings_before", "ceilings_after")
+        )
         shape = read_shape(meta["model_dir"]) if meta.get("model_dir") else None
-        return cls(meta.get("tokens", []), shape, best_of(*runs), spreads)
+        return cls(meta.get("tokens", []), shape, before, after)
 
-    @property
+    @functools.cached_property
+    def ceilings(self) -> list[Any]:
+        """Per kind, the better of the two measurements."""
+        from bge_rerank_cli.ceilings import best_of
+
+        return best_of(self.before, self.after)
+
+    @functools.cached_property
     def flops_per_token(self) -> float | None:
         from bge_rerank_cli.ceilings import attention_length
 
@@ -504,16 +507,12 @@ class Work:
     def describe(self, peer: str | None, peer_best: dict[int, dict]) -> list[str]:
         """The ceilings, how % of ceiling is counted, and what 1.5x the peer's fp32 throughput at the
         highest concurrency would take of the torch fp32 ceiling."""
-        from bge_rerank_cli.ceilings import isa_flags, isa_line
+        from bge_rerank_cli.ceilings import ceiling_lines, isa_flags, isa_line
 
         fpt = self.flops_per_token
         if fpt is None or not self.ceilings:
             return []
-        lines = [isa_line(isa_flags())]
-        for c in self.ceilings:
-            runs = self.spreads.get(c.kind, [])
-            spread = " (before the servers " + ", after ".join(f"{r / 1e9:.0f}" for r in runs) + ")"
-            lines.append(f"ceiling: {c.describe()}{spread if len(runs) == 2 else ''}")
+        lines = [isa_line(isa_flags()), *ceiling_lines(self.before, self.after, "servers")]
         per_request = sum(map(sum, self.tokens)) / len(self.tokens)
         lines.append(
             f"% of ceiling: tokens/s x FLOPs per token / the matching ceiling (the servers' torch fp32 to torch's "

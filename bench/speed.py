@@ -389,12 +389,9 @@ class Limits:
 
 def measure_ceilings(model: Path, engines: Sequence[str], args: argparse.Namespace) -> list[Any]:
     """The GEMM ceilings the engines need, on the model's layer-sized problem, in a fresh process."""
-    from bge_rerank_cli.ceilings import gemm_tokens, kinds_for, measure_in_child, read_shape
+    from bge_rerank_cli.ceilings import kinds_for, measure_for_model
 
-    shape = read_shape(str(model))
-    tokens = args.gemm_tokens or gemm_tokens(args.device)
-    gemm = shape.gemm(tokens) if shape else (tokens, 1024, 4096)
-    return measure_in_child(kinds_for(engines), gemm, device=args.device)
+    return measure_for_model(str(model), kinds_for(engines), args.device, tokens=args.gemm_tokens)
 
 
 def prepare_export(model: Path, quantize: str, max_length: int, env: dict[str, str]) -> dict[str, Any]:
@@ -821,15 +818,9 @@ def render(
 def limits_text(limits: Limits, best: dict[str, dict]) -> str:
     """The ISA flags, each ceiling (best of before and after the engines, both shown), how % of ceiling
     is counted, and each ONNX export's peak memory: markdown lines under the report's header."""
-    from bge_rerank_cli.ceilings import isa_flags, isa_line
+    from bge_rerank_cli.ceilings import ceiling_lines, isa_flags, isa_line
 
-    lines = [isa_line(isa_flags())]
-    for c in limits.ceilings:
-        runs = [r for r in (*limits.before, *limits.after) if r.kind == c.kind and r.error is None]
-        spread = ""
-        if len(runs) == 2:
-            spread = f" (before the engines {runs[0].rate / 1e9:.0f}, after {runs[1].rate / 1e9:.0f})"
-        lines.append(f"ceiling: {c.describe()}{spread}")
+    lines = [isa_line(isa_flags()), *ceiling_lines(limits.before, limits.after)]
     if limits.ceilings and limits.shape:
         s = limits.shape
         lengths = [r["attention_length"] for r in best.values() if "attention_length" in r]

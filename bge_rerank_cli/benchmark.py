@@ -169,12 +169,10 @@ def measure_ceilings(
     """This machine's GEMM ceilings that ``setups`` need, each with the backend's own kernel, on the
     model's layer-sized problem (tokens x hidden x ffn; 1024 x 4096 when its shape is unknown), measured
     in a fresh process (``bge-rerank bench`` does it before the setups and again after them)."""
-    from .ceilings import DEFAULT_GEMM, gemm_tokens, kinds_for, measure_in_child, read_shape
+    from .ceilings import kinds_for, measure_for_model
 
-    shape = read_shape(base.model, base.revision, base.cache_dir)
-    tokens = gemm_tokens(device)
-    gemm = shape.gemm(tokens) if shape else (tokens, *DEFAULT_GEMM[1:])
-    return measure_in_child(kinds_for(setups), gemm, device=device, timeout=timeout)
+    return measure_for_model(base.model, kinds_for(setups), device, revision=base.revision,
+                             cache_dir=base.cache_dir, timeout=timeout)  # fmt: skip
 
 
 def with_ceilings(

@@ -206,6 +206,20 @@ def best_of(*runs: Sequence[Ceiling]) -> list[Ceiling]:
     return list(best.values())
 
 
+def ceiling_lines(before: Sequence[Ceiling], after: Sequence[Ceiling], what: str = "engines") -> list[str]:
+    """One report line per kind: the best of the two measurements, with both readings when both ran
+    (``ceiling: torch fp32 linear 512x1024x4096, 2 threads: 171 GFLOP/s (before the engines 148, after
+    171)``)."""
+    lines = []
+    for c in best_of(before, after):
+        runs = [r for r in (*before, *after) if r.kind == c.kind and r.error is None]
+        spread = ""
+        if len(runs) == 2:
+            spread = f" (before the {what} {runs[0].rate / 1e9:.0f}, after {runs[1].rate / 1e9:.0f})"
+        lines.append(f"ceiling: {c.describe()}{spread}")
+    return lines
+
+
 def isa_flags() -> dict[str, bool]:
     """Which of the ISA extensions that GEMM speed hangs on this CPU has (doctor's reading of /proc/cpuinfo)."""
     from .doctor.snapshot import CPU_FLAGS, collect_cpu
@@ -363,6 +377,24 @@ def measure_in_child(
         why = (out.stderr.strip().splitlines() or ["no output"])[-1][:200]
         return [Ceiling(kind, m, k, n, device=device, error=why) for kind in kinds]
     return [from_dict(row) for row in json.loads(lines[-1])]
+
+
+def measure_for_model(
+    model: str,
+    kinds: Sequence[str],
+    device: str = "cpu",
+    *,
+    tokens: int | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    timeout: float | None = 600,
+) -> list[Ceiling]:
+    """:func:`measure_in_child` on ``model``'s layer-sized problem: ``tokens`` (default: one batch on
+    ``device``) x hidden x ffn, or x 1024 x 4096 when the model's shape is unknown."""
+    shape = read_shape(model, revision, cache_dir)
+    rows = tokens or gemm_tokens(device)
+    gemm = shape.gemm(rows) if shape else (rows, *DEFAULT_GEMM[1:])
+    return measure_in_child(kinds, gemm, device=device, timeout=timeout)
 
 
 def from_dict(row: Mapping[str, Any]) -> Ceiling:

@@ -97,6 +97,19 @@ def test_best_of_keeps_the_fastest_run_of_each_kind():
     assert ceilings.best_of([slow, other], [fast]) == [fast, other]
 
 
+def test_ceiling_lines_show_the_best_and_both_readings():
+    gemm = (512, 1024, 4096)  # 4.295 GFLOP a call
+    before = [
+        Ceiling("torch-fp32", *gemm, seconds=0.04295, threads=2),
+        Ceiling("onnxruntime-fp32", *gemm, seconds=0.02),
+    ]
+    after = [Ceiling("torch-fp32", *gemm, seconds=0.02525, threads=2),
+             Ceiling("onnxruntime-fp32", *gemm, error="ModuleNotFoundError: onnxruntime")]  # fmt: skip
+    torch_line, ort_line = ceilings.ceiling_lines(before, after, "servers")
+    assert torch_line == "ceiling: torch fp32 linear 512x1024x4096, 2 threads: 170 GFLOP/s (before the servers 100, after 170)"  # fmt: skip
+    assert ort_line == "ceiling: onnxruntime fp32 MatMul 512x1024x4096: 215 GFLOP/s"  # one reading: no spread
+
+
 def test_bench_measurements_get_flops_and_percent_of_ceiling():
     shape = ceilings.shape_from_config(BGE_M3)
     measured = [Ceiling("onnxruntime-int8", 512, 1024, 4096, seconds=2 * 512 * 1024 * 4096 / 8e11)]
