@@ -88,7 +88,7 @@ class Batcher:
         # A round is two batches' worth of sequences, taken in arrival order: enough for pairs of several
         # requests to share sorted, padding-aware batches, few enough that the first requests in the
         # queue are answered after their own round, not after everything queued with them.
-        self.round_size = max(2 * scorer.batch_size, 1)
+        self.round_size = 2 * scorer.batch_size
         self._queue: deque[Ticket] = deque()
         self._pending = 0
         self._cond = threading.Condition()

@@ -153,7 +153,7 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics) -> None:
         ]  # fmt: skip
         units = max(1, math.ceil(len(texts) / 100))
         meta = s.CohereMeta(billed_units=s.CohereBilledUnits(search_units=units))
-        return s.CohereRerankResponse(id=request_id(request), results=results, meta=meta)
+        return s.CohereRerankResponse(id=request.state.request_id, results=results, meta=meta)  # set by Gate
 
     @app.post("/v1/rerank", response_model=s.JinaRerankResponse, response_model_exclude_none=True,
               summary="Jina / vLLM rerank")  # fmt: skip
@@ -293,11 +293,6 @@ def _handlers(app: FastAPI, metrics: Metrics) -> None:
 # An incoming X-Request-ID is kept when it is a plain token (what load balancers and tracing proxies send:
 # UUIDs, hex, dotted or dashed ids); anything else is replaced, so a header cannot inject into the log.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
-
-
-def request_id(request: Request) -> str:
-    """The id :class:`Gate` gave this request (the caller's X-Request-ID, or a new UUID)."""
-    return str(request.scope.get("state", {}).get("request_id") or uuid.uuid4())
 
 
 class Gate:
