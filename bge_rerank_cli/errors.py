@@ -8,10 +8,16 @@ can say it in its own language: the Python API as the keyword (``max_length=4``)
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
+
+
+def debug_enabled() -> bool:
+    """``BGE_RERANK_DEBUG=1``: tracebacks where normally one line says what went wrong."""
+    return os.environ.get("BGE_RERANK_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 class ExitCode(IntEnum):

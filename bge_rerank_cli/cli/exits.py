@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from ..errors import BgeRerankError, ExitCode
+from ..errors import BgeRerankError, ExitCode, debug_enabled
 from .console import err_console, setup_logging
 
 # Library setting -> flag, where the flag is not simply --name-with-dashes.
@@ -40,10 +40,6 @@ def flag_name(name: str, value: Any) -> str:
     if value is False:
         return "--no-" + flag.removeprefix("--")
     return f"{flag} {value}"
-
-
-def debug_enabled() -> bool:
-    return os.environ.get("BGE_RERANK_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def error_line(message: str) -> None:

@@ -86,6 +86,33 @@ def serve(
             help="On SIGTERM/SIGINT: stop accepting, finish requests in flight for at most this long.",
         ),
     ] = 30.0,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="BGE_RERANK_HEADER_TIMEOUT",
+            min=0.1,
+            help="Seconds a client has to send a request's headers, in total; then 408 and closed.",
+            rich_help_panel=LIMITS,
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="BGE_RERANK_BODY_TIMEOUT",
+            min=0.1,
+            help="Seconds a client has to send a request's body, after its headers; then 408 and closed.",
+            rich_help_panel=LIMITS,
+        ),
+    ] = 30.0,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            envvar="BGE_RERANK_MAX_CONNECTIONS",
+            min=1,
+            help="Open connections at once; past it a new one gets 503 and is closed.",
+            rich_help_panel=LIMITS,
+        ),
+    ] = 1024,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(
@@ -122,6 +149,8 @@ def serve(
             raise UsageError(f"serve needs {exc.name}, which is not installed: {INSTALL_HINT}") from None
         from ..service.app import create_app
         from ..service.core import Engine, Limits
+        from ..service.metrics import Metrics
+        from ..service.server import ConnectionLimits, Drain, Server, bind, guarded_protocol
 
         if api_key is not None and not api_key.strip():
             raise UsageError("--api-key is empty.")
@@ -130,31 +159,34 @@ def serve(
                 "the model and fill its queue. Set --api-key (or BGE_RERANK_API_KEY), or bind 127.0.0.1.")  # fmt: skip
         limits = Limits(max_docs, max_body_bytes, max_queue, timeout, gather_ms / 1000)
         engine = Engine(config, options, limits)
+        metrics, drain = Metrics(), Drain(drain_seconds)
         fatal: list[BaseException] = []
-        server: uvicorn.Server | None = None
+        server: Server | None = None
 
         def on_fatal(exc: BaseException) -> None:
             fatal.append(exc)
             if server is not None:
                 server.should_exit = True
 
-        app = create_app(engine, api_key=api_key, cors_origins=tuple(cors_origin or ()), log_format=log_format,
-                         on_fatal=on_fatal)  # fmt: skip
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=host,
-                port=port,
-                log_level="warning",
-                access_log=False,
-                lifespan="on",
-                timeout_graceful_shutdown=math.ceil(drain_seconds),
-            )
+        app = create_app(engine, metrics=metrics, api_key=api_key, cors_origins=tuple(cors_origin or ()),
+                         log_format=log_format, on_fatal=on_fatal, drain=drain)  # fmt: skip
+        listening = bind(host, port)  # before the model loads: a port in use fails at once
+        protocol = guarded_protocol(ConnectionLimits(header_timeout, body_timeout, max_connections), metrics)
+        uv_config = uvicorn.Config(
+            app,
+            http=protocol,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            # A backstop only: the drain deadline answers and closes what is left about a second earlier.
+            timeout_graceful_shutdown=math.ceil(drain_seconds) + 2,
         )
+        server = Server(uv_config, drain)
+        port = listening.getsockname()[1]
         say(
             f"[dim]bge-rerank serve: {config.model} on http://{host}:{port} (loading; GET /ready says when it is up)[/]"
         )
-        server.run()
+        server.run(sockets=[listening])
         if fatal:
             failure = fatal[0]
             if isinstance(failure, BgeRerankError):

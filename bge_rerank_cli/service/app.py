@@ -1,6 +1,7 @@
 """The HTTP front end: each dialect's route parses its request, calls the :class:`Engine`, renders its
 response. Around the routes: API-key check, body-size limit, metrics, one access-log line per request,
-errors as JSON (never a traceback)."""
+errors as JSON with ``X-Request-ID`` (never a traceback, whatever the input), and the shutdown deadline
+(:class:`~bge_rerank_cli.service.server.Drain`)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..batcher import QueueFull
-from ..errors import BgeRerankError, InputError, UsageError
+from ..errors import BgeRerankError, InputError, UsageError, debug_enabled
 from ..inputs import parse_score_item
 from ..outputs import score_record
 from ..records import Pair
 from . import schemas as s
 from .core import Engine, NotReady, RequestTimeout, TooManyDocuments
 from .metrics import Metrics
+from .server import Drain
 
 T = TypeVar("T")
 log = logging.getLogger("bge_rerank_cli")
@@ -46,22 +48,20 @@ ROUTES = (
     "/docs",
     "/openapi.json",
 )
-OPEN_ROUTES = ("/health",)
-
-
-class BodyTooLarge(Exception):
-    pass
+OPEN_ROUTES = ("/health", "/ready")  # probes carry no key; /ready then says nothing but its status
 
 
 class ClientGone(Exception):
     pass
 
 
+class ShuttingDown(Exception):
+    """The drain time ran out while the request was still waiting."""
+
+
 def error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """Errors in a shape every dialect's client can show: TEI's ``error`` and ``error_type`` (Validation,
-    Overloaded, Unhealthy, Backend, ...), Cohere's ``message``, and ``detail``, which the Jina clients read."""
-    body = {"error": message, "error_type": kind, "message": message, "detail": message}
-    return JSONResponse(body, status, headers=headers)
+    """An error answer in the service's shape (:func:`schemas.error_body`)."""
+    return JSONResponse(s.error_body(message, kind), status, headers=headers)
 
 
 def create_app(
@@ -72,10 +72,13 @@ def create_app(
     cors_origins: tuple[str, ...] = (),
     log_format: str = "text",
     on_fatal: Callable[[BaseException], None] | None = None,
+    drain: Drain | None = None,
 ) -> FastAPI:
     """The ASGI app. The model loads in a background thread at start-up: ``/health`` answers at once,
-    ``/ready`` once a warm-up pass is done; a load failure is handed to ``on_fatal``."""
+    ``/ready`` once a warm-up pass is done; a load failure is handed to ``on_fatal``. When ``drain``
+    expires, requests still waiting answer 503 and the model work left is abandoned."""
     metrics = metrics or Metrics()
+    drain = drain or Drain()
     engine.observer = engine.observer or metrics
 
     @asynccontextmanager
@@ -96,12 +99,13 @@ def create_app(
 
         threading.Thread(target=load, name="bge-rerank-load", daemon=True).start()
         yield
-        print(
-            "bge-rerank serve: requests in flight finished; stopping the model worker.",
-            file=sys.stderr,
-            flush=True,
-        )
-        engine.close()
+        if drain.expired.is_set():
+            print(f"bge-rerank serve: the drain time ({drain.seconds:g}s) ran out: requests still waiting were "
+                  "answered 503; stopping the model worker.", file=sys.stderr, flush=True)  # fmt: skip
+        else:
+            print("bge-rerank serve: requests in flight finished; stopping the model worker.", file=sys.stderr,
+                  flush=True)  # fmt: skip
+        engine.close(abandon=drain.expired.is_set())
 
     app = FastAPI(
         title="bge-rerank",
@@ -115,24 +119,25 @@ def create_app(
         app.add_middleware(
             CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
-    app.add_middleware(
-        Gate, metrics=metrics, api_key=api_key, max_body=engine.limits.max_body_bytes, log_format=log_format
-    )
+    app.add_middleware(Gate, metrics=metrics, api_key=api_key, max_body=engine.limits.max_body_bytes,
+                       log_format=log_format, cors=bool(cors_origins))  # fmt: skip
     _handlers(app, metrics)
-    _routes(app, engine, metrics)
+    _routes(app, engine, metrics, drain)
     return app
 
 
-def _routes(app: FastAPI, engine: Engine, metrics: Metrics) -> None:
+def _routes(app: FastAPI, engine: Engine, metrics: Metrics, drain: Drain) -> None:
     @app.get("/health", summary="Alive (answers while the model loads and under full load)")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/ready", summary="Model loaded and warmed up")
-    async def ready() -> JSONResponse:
+    async def ready(request: Request) -> JSONResponse:
+        state = "ready" if engine.ready else "failed" if engine.error is not None else "loading"
+        if not request.state.authorized:  # a probe without the key learns the status alone
+            return JSONResponse({"status": state}, 200 if engine.ready else 503)
         if engine.ready:
-            return JSONResponse({"status": "ready", "model": engine.model, **engine.describe()})
-        state = "failed" if engine.error is not None else "loading"
+            return JSONResponse({"status": state, "model": engine.model, **engine.describe()})
         return JSONResponse({"status": state, "model": engine.model}, 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
@@ -143,7 +148,7 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics) -> None:
               summary="Cohere v2 rerank")  # fmt: skip
     async def cohere(body: s.CohereRerankRequest, request: Request) -> s.CohereRerankResponse:
         texts = s.texts_of(body.documents)
-        ranking = await _guard(request, engine.rank(body.query, texts, top_n=body.top_n,
+        ranking = await _guard(request, drain, engine.rank(body.query, texts, top_n=body.top_n,
                                                     doc_tokens=body.max_tokens_per_doc))  # fmt: skip
         _count(metrics, ranking, len(texts))
         results = [
@@ -159,7 +164,7 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics) -> None:
               summary="Jina / vLLM rerank")  # fmt: skip
     async def jina(body: s.JinaRerankRequest, request: Request) -> s.JinaRerankResponse:
         texts = s.texts_of(body.documents)
-        ranking = await _guard(request, engine.rank(body.query, texts, top_n=body.top_n or None))
+        ranking = await _guard(request, drain, engine.rank(body.query, texts, top_n=body.top_n or None))
         _count(metrics, ranking, len(texts))
         results = [
             s.JinaResult(index=d.index, relevance_score=d.score,
@@ -172,7 +177,7 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics) -> None:
     @app.post("/rerank", response_model=list[s.TeiRank], response_model_exclude_none=True,
               summary="Hugging Face TEI rerank")  # fmt: skip
     async def tei(body: s.TeiRerankRequest, request: Request) -> list[s.TeiRank]:
-        ranking = await _guard(request, engine.rank(body.query, body.texts))
+        ranking = await _guard(request, drain, engine.rank(body.query, body.texts))
         _count(metrics, ranking, len(body.texts))
         return [
             s.TeiRank(index=d.index, score=d.logit if body.raw_scores else d.score,
@@ -187,7 +192,7 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics) -> None:
         if len(body.pairs) > engine.limits.max_docs:
             raise TooManyDocuments(len(body.pairs), engine.limits.max_docs)
         items = [parse_score_item(obj, i, "pairs") for i, obj in enumerate(body.pairs)]
-        scored, tokens = await _guard(request, engine.score([Pair(i.query, i.passage) for i in items]))
+        scored, tokens = await _guard(request, drain, engine.score([Pair(i.query, i.passage) for i in items]))
         metrics.scored(len(set(item.pair for item in items)), tokens, sum(x.truncated for x in scored))
         records = [score_record(item, x) for item, x in zip(items, scored, strict=True)]
         return s.ScoreResponse(
@@ -201,18 +206,20 @@ def _count(metrics: Metrics, ranking: Any, documents: int) -> None:
         metrics.reranked(ranking.top1_replaced)
 
 
-async def _guard(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work`` unless the client goes away first; then it is cancelled (and dropped from the queue)."""
+async def _guard(request: Request, drain: Drain, work: Awaitable[T]) -> T:
+    """Run ``work`` unless the client goes away or the drain time runs out first; then it is cancelled
+    (dropped from the queue, or its round stopped before the next forward pass)."""
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_client_gone(request))
+    watchers = {asyncio.ensure_future(_client_gone(request)), asyncio.ensure_future(drain.expired.wait())}
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({task, *watchers}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
     if task in done:
         return task.result()
     task.cancel()
-    raise ClientGone
+    raise ShuttingDown if drain.expired.is_set() else ClientGone
 
 
 async def _client_gone(request: Request) -> None:
@@ -247,11 +254,6 @@ def _handlers(app: FastAPI, metrics: Metrics) -> None:
         metrics.rejected.labels("too_many_documents").inc()
         return error(413, str(exc), "Validation")
 
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        metrics.rejected.labels("body_too_large").inc()
-        return error(413, str(exc), "Validation")
-
     @app.exception_handler(QueueFull)
     async def overloaded(request: Request, exc: QueueFull) -> JSONResponse:
         metrics.rejected.labels("queue_full").inc()
@@ -270,6 +272,12 @@ def _handlers(app: FastAPI, metrics: Metrics) -> None:
     async def usage(request: Request, exc: UsageError) -> JSONResponse:
         return error(422, str(exc), "Validation")
 
+    @app.exception_handler(ShuttingDown)
+    async def shutting_down(request: Request, exc: ShuttingDown) -> JSONResponse:
+        metrics.rejected.labels("shutdown").inc()
+        message = "the service is shutting down and its drain time ran out; send the request again."
+        return error(503, message, "Unhealthy", {"Retry-After": "1", "Connection": "close"})
+
     @app.exception_handler(ClientGone)
     async def gone(request: Request, exc: ClientGone) -> Response:
         return Response(status_code=499)
@@ -284,29 +292,42 @@ def _handlers(app: FastAPI, metrics: Metrics) -> None:
         log.error("%s: %s", type(exc).__name__, exc)
         return error(500, str(exc), "Backend")
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected %s on %s: %s", type(exc).__name__, request.url.path, exc)
-        return error(500, "internal error (see the service log)", "Backend")
-
 
 # An incoming X-Request-ID is kept when it is a plain token (what load balancers and tracing proxies send:
 # UUIDs, hex, dotted or dashed ids); anything else is replaced, so a header cannot inject into the log.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+# What the text access log writes as \xNN / \uNNNN: control and other non-printable or non-ASCII
+# characters, and the quote and backslash that delimit its fields, so a request cannot forge a line.
+_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
+
+
+def log_safe(text: str) -> str:
+    """``text`` with every character that could break or forge an access-log line escaped."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii") if m.group() not in '"\\'
+                       else "\\" + m.group(), text)  # fmt: skip
+
+
+def _bearer(header: bytes) -> bytes | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header (the scheme in any case, RFC 7235)."""
+    scheme, _, token = header.strip().partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" and token.strip() else None
 
 
 class Gate:
-    """ASGI middleware: API key, body-size limit, request metrics, X-Request-ID, one access-log line per
-    request."""
+    """ASGI middleware, outermost: API key, body-size limit (the whole body is read here, chunked or not,
+    before the app sees it), request metrics, X-Request-ID, one access-log line per request, and the last
+    word on errors: an exception that escapes the app, or an error answer that is not JSON (from a
+    middleware), becomes the service's JSON error shape; nothing reaches the server as a traceback."""
 
     def __init__(
-        self, app: Any, *, metrics: Metrics, api_key: str | None, max_body: int, log_format: str
+        self, app: Any, *, metrics: Metrics, api_key: str | None, max_body: int, log_format: str, cors: bool
     ) -> None:
         self.app = app
         self.metrics = metrics
-        self.key = f"Bearer {api_key}".encode() if api_key else None
+        self.key = api_key.encode() if api_key else None
         self.max_body = max_body
         self.log_format = log_format
+        self.cors = cors
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -319,53 +340,70 @@ class Gate:
         headers = dict(scope.get("headers") or [])
         incoming = headers.get(b"x-request-id", b"")
         rid = incoming.decode() if _REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
-        scope.setdefault("state", {})["request_id"] = rid
-
-        async def sending(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                message = {
-                    **message,
-                    "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())],
-                }
-            await send(message)
-
+        authorized = self._authorized(headers)
+        scope.setdefault("state", {}).update(request_id=rid, authorized=authorized)
+        sending = _Replier(send, rid, status)
         try:
-            if (
-                self.key is not None
-                and path not in OPEN_ROUTES
-                and not hmac.compare_digest(headers.get(b"authorization", b""), self.key)
-            ):
+            if not authorized and path not in OPEN_ROUTES and not self._preflight(scope, headers):
                 await error(401, "unauthorized", "Unauthorized", {"WWW-Authenticate": "Bearer"})(
                     scope, receive, sending
                 )
                 return
-            length = headers.get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.max_body:
-                self.metrics.rejected.labels("body_too_large").inc()
-                await error(413, f"request body of {int(length)} bytes; the limit is {self.max_body}.",
-                            "Validation")(scope, receive, sending)  # fmt: skip
+            body = await self._body(scope, headers, receive, sending)
+            if body is None:
                 return
-            await self.app(scope, self._limited(receive), sending)
+            await self.app(scope, _replay(body, receive), sending)
+        except Exception as exc:  # a bug below: one log line (a traceback with BGE_RERANK_DEBUG=1), JSON 500
+            log.error("unexpected %s on %s: %s", type(exc).__name__, log_safe(path), exc,
+                      exc_info=debug_enabled())  # fmt: skip
+            if not sending.started:
+                await error(500, "internal error (see the service log)", "Backend")(scope, receive, sending)
         finally:
             seconds = time.perf_counter() - started
             self.metrics.requests.labels(route, str(status["code"])).inc()
             self.metrics.latency.labels(route).observe(seconds)
             self._access(scope, status["code"], seconds, rid)
 
-    def _limited(self, receive: Any) -> Any:
-        seen = 0
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        if self.key is None:
+            return True
+        token = _bearer(headers.get(b"authorization", b""))
+        return token is not None and hmac.compare_digest(token, self.key)
 
-        async def limited() -> dict[str, Any]:
-            nonlocal seen
+    def _preflight(self, scope: dict[str, Any], headers: dict[bytes, bytes]) -> bool:
+        """A CORS preflight (browsers send it without credentials); the CORS middleware answers it."""
+        return (self.cors and scope.get("method") == "OPTIONS" and b"origin" in headers
+                and b"access-control-request-method" in headers)  # fmt: skip
+
+    async def _body(
+        self, scope: dict[str, Any], headers: dict[bytes, bytes], receive: Any, send: Any
+    ) -> bytes | None:
+        """The whole request body, or ``None`` once it was answered (413) or the client left."""
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body:
+            await self._too_large(scope, receive, send, f"request body of {int(length)} bytes")
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise BodyTooLarge(f"request body over {self.max_body} bytes.")
-            return message
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                await self._too_large(
+                    scope, receive, send, f"request body of more than {self.max_body} bytes"
+                )
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-        return limited
+    async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any, what: str) -> None:
+        self.metrics.rejected.labels("body_too_large").inc()
+        message = f"{what}; the limit is {self.max_body} (--max-body-bytes)."
+        await error(413, message, "Validation", {"Connection": "close"})(scope, receive, send)
 
     def _access(self, scope: dict[str, Any], status: int, seconds: float, rid: str) -> None:
         client = (scope.get("client") or ("-", 0))[0]
@@ -375,5 +413,66 @@ class Gate:
                                "path": path, "status": status, "ms": round(seconds * 1000, 1),
                                "request_id": rid})  # fmt: skip
         else:
-            line = f'{client} "{method} {path}" {status} {seconds * 1000:.1f}ms {rid}'
+            line = f'{client} "{log_safe(method)} {log_safe(path)}" {status} {seconds * 1000:.1f}ms {rid}'
         print(line, file=sys.stderr, flush=True)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A ``receive`` that gives the app the body read by the gate, then waits on the client (for its
+    disconnect)."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        message: dict[str, Any] = await receive()
+        return message
+
+    return replay
+
+
+class _Replier:
+    """The gate's ``send``: adds X-Request-ID, records the status, and turns an error answer that is not
+    JSON (a middleware's plain-text 400, say) into the service's JSON error shape."""
+
+    def __init__(self, send: Any, rid: str, status: dict[str, int]) -> None:
+        self.send = send
+        self.rid = rid
+        self.status = status
+        self.started = False
+        self._held: dict[str, Any] | None = None
+        self._text = b""
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status["code"] = message["status"]
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+            message = {**message, "headers": [*headers, (b"x-request-id", self.rid.encode())]}
+            content_type = dict((k.lower(), v) for k, v in headers).get(b"content-type", b"")
+            if message["status"] >= 400 and not content_type.startswith(b"application/json"):
+                self._held = message  # rewritten once its body is in
+                return
+        elif message["type"] == "http.response.body" and self._held is not None:
+            self._text += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            await self._rewrite()
+            return
+        await self.send(message)
+
+    async def _rewrite(self) -> None:
+        assert self._held is not None
+        text = self._text.decode("utf-8", "replace").strip()[:500] or "error"
+        kept = [(k, v) for k, v in self._held["headers"]
+                if k.lower() not in (b"content-type", b"content-length")]  # fmt: skip
+        body = json.dumps(s.error_body(text, "Http")).encode()
+        headers = [
+            *kept,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await self.send({**self._held, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..backends import Scorer, load_scorer
-from ..batcher import Batcher, Observer
+from ..batcher import Admission, Batcher, Observer
 from ..config import LoaderConfig, ScoreOptions
 from ..engine import encode_pairs, rank_documents, reduce_windows
 from ..errors import BgeRerankError, UsageError
@@ -82,6 +82,7 @@ class Engine:
             )
             warm = encode_pairs(self.scorer, [Pair("warm-up query", "warm-up passage")], self.options)
             self.batcher.submit([s for w in warm for s in w]).future.result()
+            self.batcher.forget_timing()  # one warm-up pair says little about the service rate
         except BaseException as exc:
             self.error = exc
             raise
@@ -91,41 +92,66 @@ class Engine:
         """The loaded scorer's facts (backend, device, dtype, effective max length, random weights)."""
         return {} if self.scorer is None else self.scorer.describe()
 
-    def close(self) -> None:
+    def close(self, *, abandon: bool = False) -> None:
+        """Stop the model worker: after what is queued, or (``abandon``) dropping it and stopping the round
+        in flight before its next forward pass."""
         if self.batcher is not None:
-            self.batcher.close(timeout=30)
+            self.batcher.close(timeout=1 if abandon else 30, abandon=abandon)
 
     async def score(
         self, pairs: Sequence[Pair], *, doc_tokens: int | None = None
     ) -> tuple[list[Scored], int]:
         """Scores of ``pairs`` in order (identical pairs scored once) and the real tokens read.
 
-        ``doc_tokens`` cuts each passage to that many tokens first (Cohere's ``max_tokens_per_doc``).
+        Admission comes first: the unique pairs are counted against the queue bound before any
+        tokenising (:class:`QueueFull` costs nothing). ``--timeout`` covers everything after it,
+        tokenising included. ``doc_tokens`` cuts each passage to that many tokens first (Cohere's
+        ``max_tokens_per_doc``).
         """
         scorer, batcher = self._started()
-        if doc_tokens is not None:
-            if doc_tokens < 1:
-                raise UsageError("max_tokens_per_doc must be at least 1.")
-            clip = getattr(scorer, "clip", None)
-            if clip is None:
-                raise UsageError("this model's scorer cannot cut documents to a token count.")
-            clipped = await asyncio.to_thread(clip, [p.passage for p in pairs], doc_tokens)
-            pairs = [Pair(p.query, text) for p, (text, _) in zip(pairs, clipped, strict=True)]
+        if doc_tokens is not None and doc_tokens < 1:
+            raise UsageError("max_tokens_per_doc must be at least 1.")
         unique = list(dict.fromkeys(pairs))
-        windows = await asyncio.to_thread(encode_pairs, scorer, unique, self.options)
-        flat = [seq for per_pair in windows for seq in per_pair]
-        ticket = batcher.submit(flat)
-        waiting = asyncio.wrap_future(ticket.future)
+        admission = batcher.admit(len(unique))
         try:
-            logits = await asyncio.wait_for(waiting, self.limits.timeout_seconds)
-        except TimeoutError:
-            ticket.future.cancel()
+            scored, tokens = await asyncio.wait_for(
+                self._score_admitted(scorer, batcher, admission, unique, doc_tokens),
+                self.limits.timeout_seconds,
+            )
+        except asyncio.TimeoutError:
             raise RequestTimeout(
                 f"not scored within {self.limits.timeout_seconds:g}s; the service is overloaded."
             ) from None
-        scored = reduce_windows(windows, logits, chunked=self.options.long_docs == "chunk")
+        finally:
+            batcher.release(admission)  # a no-op once submitted
         by_pair = dict(zip(unique, scored, strict=True))
-        return [by_pair[p] for p in pairs], sum(len(seq.ids) for seq in flat)
+        return [by_pair[p] for p in pairs], tokens
+
+    async def _score_admitted(
+        self,
+        scorer: Scorer,
+        batcher: Batcher,
+        admission: Admission,
+        unique: list[Pair],
+        doc_tokens: int | None,
+    ) -> tuple[list[Scored], int]:
+        if doc_tokens is not None:
+            clip = getattr(scorer, "clip", None)
+            if clip is None:
+                raise UsageError("this model's scorer cannot cut documents to a token count.")
+            clipped = await asyncio.to_thread(clip, [p.passage for p in unique], doc_tokens)
+            unique = [Pair(p.query, text) for p, (text, _) in zip(unique, clipped, strict=True)]
+        windows = await asyncio.to_thread(encode_pairs, scorer, unique, self.options)
+        flat = [seq for per_pair in windows for seq in per_pair]
+        ticket = batcher.submit(flat, admission)
+        try:
+            logits = await asyncio.wrap_future(ticket.future)
+        finally:
+            if not ticket.future.done():  # timed out, client gone or shutting down: stop paying for it
+                ticket.abandon()
+        return reduce_windows(windows, logits, chunked=self.options.long_docs == "chunk"), sum(
+            len(seq.ids) for seq in flat
+        )
 
     async def rank(
         self, query: str, texts: Sequence[str], *, top_n: int | None = None, doc_tokens: int | None = None

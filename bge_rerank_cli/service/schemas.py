@@ -7,13 +7,63 @@ or ``truncation_direction``); responses carry exactly the documented fields.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+
+def lone_surrogate(value: Any, where: str = "") -> str | None:
+    """Where in ``value`` (a JSON value) a string holds a lone UTF-16 surrogate (JSON's ``"\\udc80"``,
+    which no UTF-8 text can hold and no tokenizer takes), as ``[0].text``; ``None`` when nowhere."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "(the value)"
+        return None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = lone_surrogate(key, f"{where} (a key)") if isinstance(key, str) else None
+        found = found or lone_surrogate(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}")
+        if found:
+            return found
+    return None
 
 
 class _Request(BaseModel):
+    """Unknown fields are accepted (and ignored). Text must be Unicode that UTF-8 can carry: a lone
+    surrogate anywhere is refused with 422 naming its place, as the batch tool refuses such a line."""
+
     model_config = ConfigDict(extra="allow")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        where = lone_surrogate(value)
+        if where is not None:
+            place = "" if where == "(the value)" else f" at {where.lstrip('.')}"
+            raise PydanticCustomError(
+                "lone_surrogate",
+                "holds a lone surrogate escape (such as \\udc80){place}, which is not Unicode text; "
+                "send valid UTF-8",
+                {"place": place},
+            )
+        return value
+
+
+def _not_empty(text: str) -> str:
+    if not text.strip():
+        raise PydanticCustomError("empty", "is empty: there is nothing to rank against")
+    return text
+
+
+Query = Annotated[str, AfterValidator(_not_empty)]
 
 
 class TextDocument(BaseModel):
@@ -30,12 +80,19 @@ def texts_of(documents: Documents) -> list[str]:
     return [d if isinstance(d, str) else d.text for d in documents]
 
 
+def error_body(message: str, kind: str) -> dict[str, str]:
+    """Every error answer's body, in a shape every dialect's client can show: TEI's ``error`` and
+    ``error_type`` (Validation, Overloaded, Unhealthy, Backend, ...), Cohere's ``message``, and
+    ``detail``, which the Jina clients read."""
+    return {"error": message, "error_type": kind, "message": message, "detail": message}
+
+
 # --- Cohere v2 ---------------------------------------------------------------------------------
 
 
 class CohereRerankRequest(_Request):
     model: str | None = None
-    query: str
+    query: Query
     documents: Documents
     top_n: int | None = Field(default=None, ge=1)
     max_tokens_per_doc: int | None = Field(default=None, ge=1)
@@ -76,7 +133,7 @@ class CohereRerankResponse(BaseModel):
 
 class JinaRerankRequest(_Request):
     model: str | None = None
-    query: str
+    query: Query
     documents: Documents
     top_n: int | None = Field(default=None, ge=0)  # 0 or null: all (vLLM's default is 0)
     return_documents: bool = True
@@ -107,7 +164,7 @@ class JinaRerankResponse(BaseModel):
 
 
 class TeiRerankRequest(_Request):
-    query: str
+    query: Query
     texts: list[str]
     raw_scores: bool = False
     return_text: bool = False
