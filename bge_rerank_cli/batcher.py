@@ -46,7 +46,10 @@ class QueueFull(BgeRerankError):
 
 
 class Observer(Protocol):
-    """What the batcher reports, for metrics: each forward pass, and the queue after each change."""
+    """What the batcher reports, for metrics: each submission (tokenised pairs), each forward pass, and the
+    queue after each change."""
+
+    def submitted(self, pairs: int) -> None: ...
 
     def forward_pass(self, pairs: int, requests: int, tokens: int) -> None: ...
 
@@ -56,6 +59,9 @@ class Observer(Protocol):
 
 
 class _Silent:
+    def submitted(self, pairs: int) -> None:
+        pass
+
     def forward_pass(self, pairs: int, requests: int, tokens: int) -> None:
         pass
 
@@ -181,6 +187,7 @@ class Batcher:
             admission.open = False  # its pairs now count through the ticket
             self._queue.append(ticket)
             self._cond.notify()
+        self.observer.submitted(ticket.pairs)
         ticket.future.add_done_callback(lambda future: self._forget(ticket) if future.cancelled() else None)
         return ticket
 

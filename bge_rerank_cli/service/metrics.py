@@ -33,6 +33,8 @@ class Metrics:
         self.truncated = Counter(
             f"{PREFIX}_truncated_pairs", "Pairs that lost tokens to the max length.", registry=r
         )
+        self.submitted_pairs = Counter(f"{PREFIX}_submitted_pairs",
+                                       "Pairs admitted, tokenised and queued for the model.", registry=r)  # fmt: skip
         self.forward_passes = Counter(f"{PREFIX}_forward_passes", "Forward passes of the model.", registry=r)
         self.shared_passes = Counter(f"{PREFIX}_shared_forward_passes",
                                      "Forward passes that carried pairs of more than one request.", registry=r)  # fmt: skip
@@ -55,6 +57,9 @@ class Metrics:
         self._replaced = 0
 
     # Observer (called from the model worker thread; prometheus-client is thread-safe)
+    def submitted(self, pairs: int) -> None:
+        self.submitted_pairs.inc(pairs)
+
     def forward_pass(self, pairs: int, requests: int, tokens: int) -> None:
         self.forward_passes.inc()
         self.pairs_per_pass.observe(pairs)
