@@ -48,6 +48,7 @@ class Reranker:
         self.config = config or LoaderConfig(model=model, **options)
         self.options = ScoreOptions(long_docs, chunk_overlap, max_chunks)
         self._scorer = scorer
+        self._own_scorer = scorer is not None
 
     @property
     def scorer(self) -> Scorer:
@@ -133,7 +134,8 @@ class Reranker:
     ) -> Report:
         source = JsonlSource(path) if isinstance(path, str) else path
         job = Job(source, task, Output(out, fmt, errors), on_error=on_error, resume=resume)
-        return run(job, lambda: self.scorer, stop=stop)
+        config = None if self._own_scorer else self.config  # a scorer of your own: its settings once loaded
+        return run(job, lambda: self.scorer, config=config, stop=stop)
 
 
 def _document(index: int, doc: str | Mapping[str, Any]) -> Document:

@@ -1,7 +1,8 @@
 """The library layer under every front end: sources, resume verification, the runner, the Python file API.
 
 Real tiny model throughout; each resume case fabricates the state a job leaves when it is stopped after
-its first record (output cut back, checkpoint written), then changes the input and resumes.
+its first record (output cut back, checkpoint written with the job's settings: tests/jobstate.py), then
+changes the input and resumes. Settings checks: tests/test_resume_settings.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -29,12 +31,16 @@ from bge_rerank_cli.jobs import (
     Job,
     JsonlSource,
     Output,
+    RerankTask,
     ScoreTask,
+    Source,
+    Task,
     TrecSource,
     run,
 )
 from bge_rerank_cli.records import ScoreItem
 from tests.conftest import REPO, SAMPLES
+from tests.jobstate import snapshot, stop_after
 
 runner = CliRunner()
 BEIR = SAMPLES / "beir-sample"
@@ -63,15 +69,6 @@ def assert_same_records(got: list[dict], expected: list[dict]) -> None:
         assert numbers(a) == pytest.approx(numbers(b), abs=1e-5)
 
 
-def stop_after_first_record(out: Path, source_name: str) -> None:
-    """Leave ``out`` as a job stopped after its first record leaves it: one record and a checkpoint."""
-    first = out.read_bytes().splitlines(keepends=True)[0]
-    out.write_bytes(first)
-    Checkpoint(input=source_name, last_line=1, last_record_line=1, output_bytes=len(first), written=1).save(
-        str(out)
-    )
-
-
 def invoke(args: list[str], stdin: bytes | None = None):
     return runner.invoke(app, args, input=stdin)
 
@@ -85,8 +82,12 @@ def _copy_beir(tmp_path: Path) -> Path:
     return folder
 
 
-def _cases(tmp_path: Path) -> dict[str, tuple[list[str], bytes | None, Callable[[], None], str]]:
-    """name -> (CLI args without -o, stdin, a change that makes it another input, source name)."""
+Case = tuple[list[str], bytes | None, Callable[[], None] | None, Source, Task[Any, Any]]
+
+
+def _cases(tmp_path: Path) -> dict[str, Case]:
+    """name -> (CLI args without -o, stdin, a change that makes it another input, the source and task the
+    command builds)."""
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_bytes((SAMPLES / "pairs.jsonl").read_bytes())
     beir = _copy_beir(tmp_path)
@@ -101,17 +102,19 @@ def _cases(tmp_path: Path) -> dict[str, tuple[list[str], bytes | None, Callable[
         first["text"] = "a different question altogether"
         queries.write_text("\n".join([orjson.dumps(first).decode(), *lines[1:]]) + "\n", encoding="utf-8")
 
+    inline, score, rerank = ItemsSource([]), ScoreTask(), RerankTask()
     return {
         "file": (
             ["score", str(pairs)],
             None,
             lambda: pairs.write_bytes(pairs.read_bytes().replace(CHANGE[0], CHANGE[1], 1)),
-            str(pairs),
+            JsonlSource(str(pairs)),
+            score,
         ),
-        "stdin": (["score", "-"], stdin, None, "<stdin>"),
-        "inline score": (["score", "-q", "what is json", "-p", "a json file", "-p", "a csv file"], None, None, "<arguments>"),
-        "inline rerank": (["rerank", "-q", "what is json", "-d", "a json file", "-d", "a csv file"], None, None, "<arguments>"),
-        "trec run": (trec_args, None, change_queries, str(TrecSource(str(beir / "bm25.run"), str(beir / "corpus.jsonl"), str(queries)).name)),
+        "stdin": (["score", "-"], stdin, None, JsonlSource("-"), score),
+        "inline score": (["score", "-q", "what is json", "-p", "a json file", "-p", "a csv file"], None, None, inline, score),
+        "inline rerank": (["rerank", "-q", "what is json", "-d", "a json file", "-d", "a csv file"], None, None, inline, rerank),
+        "trec run": (trec_args, None, change_queries, TrecSource(str(beir / "bm25.run"), str(beir / "corpus.jsonl"), str(queries)), rerank),
     }  # fmt: skip
 
 
@@ -124,13 +127,16 @@ CHANGED_ARGS = {
 
 @pytest.mark.parametrize("case", ["file", "stdin", "inline score", "inline rerank", "trec run"])
 def test_resume_refuses_another_input_for_every_source(tiny_xlmr: Path, tmp_path: Path, case: str):
-    args, stdin, change, name = _cases(tmp_path)[case]
+    args, stdin, change, source, task = _cases(tmp_path)[case]
     out = tmp_path / "out.jsonl"
     model = ["-m", str(tiny_xlmr), "-f", "jsonl", "--quiet"]
     full = invoke([*args, *model, "-o", str(out)], stdin)
     assert full.exit_code == 0, full.output
 
-    stop_after_first_record(out, name)
+    stop_after(out, source, task, LoaderConfig(model=str(tiny_xlmr)))
+    with out.open("ab") as handle:  # as a crash leaves it: half a record past the checkpoint
+        handle.write(b'{"query": "half a rec')
+    before = snapshot(out, Checkpoint.path_for(str(out)))
     if change is not None:
         change()
     if stdin is not None:
@@ -142,8 +148,7 @@ def test_resume_refuses_another_input_for_every_source(tiny_xlmr: Path, tmp_path
     assert (
         "--resume: the last record of" in refused.stderr and "does not match input line 1" in refused.stderr
     )
-    assert len(jsonl(out.read_bytes())) == 1  # nothing appended
-    assert Checkpoint.path_for(str(out)).exists()  # still resumable with the right input
+    assert snapshot(out, Checkpoint.path_for(str(out))) == before  # not even the half record cut
 
 
 def test_resume_refuses_another_queries_file_by_name(tiny_xlmr: Path, tmp_path: Path):
@@ -154,21 +159,25 @@ def test_resume_refuses_another_queries_file_by_name(tiny_xlmr: Path, tmp_path: 
     base = ["rerank", "--run", str(beir / "bm25.run"), "--corpus", str(beir / "corpus.jsonl")]
     model = ["-m", str(tiny_xlmr), "-f", "jsonl", "--quiet", "-o", str(out)]
     assert invoke([*base, "--queries", str(beir / "queries.jsonl"), *model]).exit_code == 0
-    name = TrecSource(str(beir / "bm25.run"), str(beir / "corpus.jsonl"), str(beir / "queries.jsonl")).name
-    stop_after_first_record(out, name)
+    source = TrecSource(str(beir / "bm25.run"), str(beir / "corpus.jsonl"), str(beir / "queries.jsonl"))
+    stop_after(out, source, RerankTask(), LoaderConfig(model=str(tiny_xlmr)))
+    before = snapshot(out, Checkpoint.path_for(str(out)))
     refused = invoke([*base, "--queries", str(other), *model, "--resume"])
     assert refused.exit_code == 2
     assert "refusing to mix inputs" in refused.stderr and str(other) in refused.stderr
+    assert snapshot(out, Checkpoint.path_for(str(out))) == before
 
 
-@pytest.mark.parametrize("case", ["file", "inline score", "inline rerank", "trec run"])
+@pytest.mark.parametrize("case", ["file", "stdin", "inline score", "inline rerank", "trec run"])
 def test_resume_with_the_same_input_equals_an_uninterrupted_run(tiny_xlmr: Path, tmp_path: Path, case: str):
-    args, stdin, _, name = _cases(tmp_path)[case]
+    args, stdin, _, source, task = _cases(tmp_path)[case]
     out = tmp_path / "out.jsonl"
     model = ["-m", str(tiny_xlmr), "-f", "jsonl", "--quiet", "-o", str(out)]
     assert invoke([*args, *model], stdin).exit_code == 0
     expected = jsonl(out.read_bytes())
-    stop_after_first_record(out, name)
+    stop_after(out, source, task, LoaderConfig(model=str(tiny_xlmr)))
+    with out.open("ab") as handle:  # half a record past the checkpoint: cut by the resume
+        handle.write(b'{"query": "half a rec')
     resumed = invoke([*args, *model, "--resume"], stdin)
     assert resumed.exit_code == 0, resumed.output
     assert_same_records(jsonl(out.read_bytes()), expected)
@@ -183,7 +192,7 @@ def test_beir_source_refuses_a_resume_from_other_queries(tiny_xlmr: Path, tmp_pa
     full = reranker.rerank_file(source, str(out), top_k=3)
     assert full.written == 8 and not full.stopped
     expected = jsonl(out.read_bytes())
-    stop_after_first_record(out, source.name)
+    stop_after(out, source, RerankTask(top_k=3), reranker.config)
     queries = beir / "queries.jsonl"
     queries.write_text(queries.read_text(encoding="utf-8").replace("软件著作权", "商标"), encoding="utf-8")
     with pytest.raises(ResumeError, match="does not match input line 1"):
@@ -200,11 +209,7 @@ def test_resume_refuses_an_input_shorter_than_the_output(tiny_xlmr: Path, tmp_pa
     out = tmp_path / "out.jsonl"
     reranker = Reranker(str(tiny_xlmr), device="cpu")
     reranker.score_file(str(source), str(out))
-    first_three = b"".join(out.read_bytes().splitlines(keepends=True)[:3])
-    out.write_bytes(first_three)
-    Checkpoint(
-        input=str(source), last_line=3, last_record_line=3, output_bytes=len(first_three), written=3
-    ).save(str(out))
+    stop_after(out, JsonlSource(str(source)), ScoreTask(), reranker.config, records=3)
     source.write_bytes(b"".join(lines[:2]))
     with pytest.raises(ResumeError, match="the input ends at line 2"):
         reranker.score_file(str(source), str(out), resume=True)
@@ -324,6 +329,8 @@ def _library_errors(tmp_path: Path) -> list[BgeRerankError]:
     from bge_rerank_cli.inputs import inline_rerank_item, read_docs_file
     from bge_rerank_cli.jobs import beir_paths
 
+    gone = tmp_path / "gone.jsonl"  # its checkpoint is there, the output is not
+    Checkpoint.path_for(str(gone)).write_bytes(b"{}")
     attempts: list[Callable[[], object]] = [
         lambda: Reranker(max_length=4),
         lambda: LoaderConfig(device="gpu"),
@@ -343,7 +350,7 @@ def _library_errors(tmp_path: Path) -> list[BgeRerankError]:
         lambda: load_scorer(LoaderConfig(model=str(tmp_path / "no-model"))),
         lambda: run(Job(JsonlSource("x"), ScoreTask(), Output(), resume=True), lambda: None),  # type: ignore[arg-type,return-value]
         lambda: run(Job(JsonlSource("x"), ScoreTask(), Output("o.tsv", "tsv"), resume=True), lambda: None),  # type: ignore[arg-type,return-value]
-        lambda: run(Job(JsonlSource("x"), ScoreTask(), Output(str(tmp_path / "none.jsonl")), resume=True), lambda: None),  # type: ignore[arg-type,return-value]
+        lambda: run(Job(JsonlSource("x"), ScoreTask(), Output(str(gone)), resume=True), lambda: None),  # type: ignore[arg-type,return-value]
         lambda: run(Job(JsonlSource("x"), ScoreTask(), Output("o.trec", "trec")), lambda: None),  # type: ignore[arg-type,return-value]
     ]  # fmt: skip
     errors = []

@@ -216,12 +216,11 @@ def test_resume_refuses_when_the_output_does_not_match_the_input(tiny_xlmr: Path
     out = tmp_path / "out.jsonl"
     args = ["score", str(source), "-m", str(tiny_xlmr), "-o", str(out)]
     assert runner.invoke(app, args).exit_code == 0
-    out.write_bytes(b"".join(out.read_bytes().splitlines(keepends=True)[:2]))  # as if stopped after line 2
-    from bge_rerank_cli.jobs import Checkpoint
+    from bge_rerank_cli.config import LoaderConfig
+    from bge_rerank_cli.jobs import JsonlSource, ScoreTask
+    from tests.jobstate import stop_after
 
-    Checkpoint(
-        input=str(source), last_line=2, last_record_line=2, output_bytes=out.stat().st_size, written=2
-    ).save(str(out))
+    stop_after(out, JsonlSource(str(source)), ScoreTask(), LoaderConfig(model=str(tiny_xlmr)), records=2)
     source.write_bytes(source.read_bytes().replace(b"deep1", b"changed"))
     result = runner.invoke(app, [*args, "--resume"])
     assert result.exit_code == 2
@@ -237,12 +236,13 @@ def test_resume_refuses_when_the_output_does_not_match_the_input(tiny_xlmr: Path
     ("args", "message"),
     [
         (["--resume"], "--resume needs -o FILE"),
-        (["--resume", "-o", "{tmp}/none.jsonl"], "does not exist; nothing to resume"),
+        (["--resume", "-o", "{tmp}/gone.jsonl"], "gone.jsonl does not exist, but its checkpoint"),
         (["--on-error", "maybe"], "--on-error: 'maybe' is not one of 'fail', 'skip'"),
     ],
 )
 def test_resume_and_on_error_misuse(tmp_path: Path, args: list[str], message: str):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    (tmp_path / "gone.jsonl.progress").write_bytes(b"{}")  # a checkpoint whose output went away
     result = runner.invoke(app, ["score", str(SAMPLES / "pairs.jsonl"), *args])
     assert result.exit_code == 2
     assert message in result.stderr

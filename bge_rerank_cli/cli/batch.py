@@ -128,7 +128,7 @@ def run_batch(
     with ExitStack() as stack:
         stack.enter_context(switch.installed())
         advance = stack.enter_context(term.progress(flags.quiet))
-        report = run(job, term.loader(config, flags.quiet), stop=switch, progress=advance)
+        report = run(job, term.loader(config, flags.quiet), config=config, stop=switch, progress=advance)
     if view and report.rows is not None:
         _render(report.rows, flags.output, render, fmt == "chart")
     if report.stopped:

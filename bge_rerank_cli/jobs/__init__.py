@@ -2,7 +2,9 @@
 
 ``sources`` (JSONL files and stdin, in-memory items, TREC runs, BEIR folders), ``tasks`` (score,
 rerank), ``runner`` (:func:`run` a :class:`Job` into a :class:`Report`), ``intake`` (every line
-accounted for), ``checkpoint`` (resume without loss or duplication) and ``signals`` (a stop switch).
+accounted for), ``checkpoint`` (resume without loss or duplication), ``settings`` (what a checkpoint
+binds a resume to), ``resume`` (the checks before a resume writes anything) and ``signals`` (a stop
+switch).
 Nothing here imports Typer, Rich, torch or a web framework.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 from .checkpoint import Checkpoint, ResumePoint
 from .intake import ErrorLog, Intake, OnError
 from .runner import Job, Output, OutputFormat, Report, run
+from .settings import Setting, folder_fingerprint
 from .signals import StopSwitch
 from .sources import BeirSource, ItemsSource, JsonlSource, Source, TrecSource, beir_paths, read_all
 from .tasks import RerankTask, ScoreTask, Task
@@ -30,11 +33,13 @@ __all__ = [
     "RerankTask",
     "ResumePoint",
     "ScoreTask",
+    "Setting",
     "Source",
     "StopSwitch",
     "Task",
     "TrecSource",
     "beir_paths",
+    "folder_fingerprint",
     "read_all",
     "run",
 ]

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
 from ..errors import ResumeError, option
+from .settings import Setting, from_json
 
 E = TypeVar("E")
 RESUME = option("resume", True)
+VERSION = 2  # 1: before checkpoints recorded the job's settings
+
+
+def start_over(output: str) -> str:
+    """How to start a job over instead of resuming it."""
+    return f"To start over, run without {RESUME}, or delete {output} and {Checkpoint.path_for(output)}."
 
 
 @dataclass
@@ -22,12 +29,16 @@ class Checkpoint:
     job ends.
 
     ``input``: the identity of the source (its file, or the files and arguments it was built from).
+    ``settings``: what the records were made with (see :mod:`.settings`); a resume must match them.
+    ``model_limit``: the model's token limit, to resolve a resume's max length before loading the model.
     ``last_line``: every input line up to here is accounted for (in the output or the error log).
     ``output_bytes`` / ``errors_bytes``: the files' sizes at that moment; a resume truncates to them.
     ``last_record_line``: the input line of the output's last record, checked before resuming.
     """
 
     input: str
+    settings: dict[str, Setting] = field(default_factory=dict)
+    model_limit: int | None = None
     last_line: int = 0
     last_record_line: int = 0
     output_bytes: int = 0
@@ -35,7 +46,7 @@ class Checkpoint:
     written: int = 0
     skipped: int = 0
     blank: int = 0
-    version: int = 1
+    version: int = VERSION
 
     @staticmethod
     def path_for(output: str) -> Path:
@@ -47,10 +58,22 @@ class Checkpoint:
         tmp.write_bytes(orjson.dumps(asdict(self)))
         os.replace(tmp, path)
 
+    @staticmethod
+    def nothing_to_resume(output: str) -> bool:
+        """Neither the output nor its checkpoint exists: a resume starts the job from the beginning."""
+        return not Path(output).exists() and not Checkpoint.path_for(output).exists()
+
     @classmethod
     def load(cls, output: str) -> Checkpoint:
+        """The checkpoint beside ``output``, or a :class:`ResumeError` saying why there is none to resume
+        from: no output, no checkpoint, an unreadable one, or one written by another version."""
         path = cls.path_for(output)
         if not Path(output).is_file():
+            if path.is_file():
+                raise ResumeError(
+                    f"{RESUME}: {output} does not exist, but its checkpoint {path} does: the output was "
+                    f"moved or deleted. Put it back to resume. {start_over(output)}"
+                )
             raise ResumeError(f"{RESUME}: {output} does not exist; nothing to resume (run without {RESUME}).")
         if not path.is_file():
             raise ResumeError(
@@ -58,11 +81,33 @@ class Checkpoint:
                 f"by bge-rerank with an output file. Run without {RESUME} to start over."
             )
         try:
-            data: dict[str, Any] = orjson.loads(path.read_bytes())
-            return cls(**data)
+            data = orjson.loads(path.read_bytes())
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
         except (orjson.JSONDecodeError, TypeError) as exc:
             raise ResumeError(
-                f"{RESUME}: checkpoint {path} is unreadable ({exc}); run without {RESUME}."
+                f"{RESUME}: checkpoint {path} is unreadable ({exc}). {start_over(output)}"
+            ) from None
+        version = data.get("version", 1)
+        if version != VERSION or "settings" not in data:
+            older = isinstance(version, int) and version < VERSION
+            raise ResumeError(
+                f"{RESUME}: checkpoint {path} was written by "
+                + (
+                    f"an older bge-rerank (checkpoint version {version}) that did not record the job's "
+                    f"settings (model, max length, ...), so it cannot prove that a resume would write "
+                    f"records like those in {output}. Finish the job with the version that started it. "
+                    if older
+                    else f"another bge-rerank (checkpoint version {version!r}, this one reads {VERSION}). "
+                )
+                + start_over(output)
+            )
+        try:
+            data["settings"] = from_json(data["settings"])
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise ResumeError(
+                f"{RESUME}: checkpoint {path} is unreadable ({exc}). {start_over(output)}"
             ) from None
 
     @staticmethod
@@ -142,11 +187,12 @@ def truncate_to(path: str, size: int) -> None:
         handle.truncate(size)
 
 
-def last_jsonl_record(path: str) -> dict[str, Any] | None:
-    """The last complete JSON line of a file, read from its end."""
+def last_jsonl_record(path: str, end: int | None = None) -> dict[str, Any] | None:
+    """The last complete JSON line of a file's first ``end`` bytes (default: all), read backwards."""
     with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        end = handle.tell()
+        if end is None:
+            handle.seek(0, os.SEEK_END)
+            end = handle.tell()
         block = b""
         while end > 0 and block.count(b"\n") < 2:
             start = max(0, end - 65536)

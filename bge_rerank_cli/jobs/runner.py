@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from ..backends.base import Scorer
-from ..config import Choice, ScoreOptions
+from ..config import Choice, LoaderConfig, ScoreOptions
 from ..engine import Interrupted, JobControl, RunStats
-from ..errors import InvalidOption, ResumeError, UsageError, option
+from ..errors import InvalidOption, UsageError, option
 from ..outputs import JsonlWriter, LineWriter, TsvWriter
-from .checkpoint import RESUME, Checkpoint, ResumePoint, last_jsonl_record, truncate_to
+from .checkpoint import RESUME, Checkpoint
 from .intake import ErrorLog, Intake, OnError
+from .resume import check_loaded, checkpoint_to_resume, loaded_settings, resume_point
 from .sources import Source
 from .tasks import Task
 
@@ -57,7 +58,8 @@ class Output:
 class Job:
     """One batch job: what to read, what to do with it, where to write it, and how to treat bad lines.
 
-    ``resume=True`` continues an interrupted job from its output file's checkpoint.
+    ``resume=True`` continues an interrupted job from its output file's checkpoint, with the same
+    settings (or starts it when neither the output file nor its checkpoint exists).
     """
 
     source: Source
@@ -95,6 +97,7 @@ class Report:
     output: str | None = None
     errors: str | None = None
     stopped: bool = False
+    fresh_start: bool = False  # a resume was asked for with nothing to resume: it started from the beginning
     rows: list[Any] | None = None
 
     @property
@@ -123,29 +126,34 @@ def run(
     job: Job,
     load: Loader,
     *,
+    config: LoaderConfig | None = None,
     stop: Callable[[], bool] | None = None,
     progress: Progress | None = None,
     stream: BinaryIO | None = None,
 ) -> Report:
     """Run ``job``: ``load()`` is called for the scorer once the source has a first item.
 
-    Raises :class:`InputError` for the first bad line when ``on_error`` is ``fail`` (after writing and
-    checkpointing everything before it), :class:`ResumeError` when a resume is refused, and the loader's
-    :class:`ModelError`. A ``stop()`` that turns true ends the job after the batch in flight, with
-    ``Report.stopped`` set; the group in progress is dropped and redone by a resume.
+    ``config`` is the configuration ``load`` loads from, when there is one: a resume then compares the
+    settings it can resolve without the model before loading it (the rest once it is loaded; both before
+    anything is written). Raises :class:`InputError` for the first bad line when ``on_error`` is ``fail``
+    (after writing and checkpointing everything before it), :class:`ResumeError` when a resume is refused
+    (the files left as they were), and the loader's :class:`ModelError`. A ``stop()`` that turns true ends
+    the job after the batch in flight, with ``Report.stopped`` set; the group in progress is dropped and
+    redone by a resume.
     """
     started = time.perf_counter()
     _check(job)
     output = job.output
     report = Report(job.source.name, job.task.kind, job.task.unit, output=output.path if output.to_file else None,
                     errors=output.errors, options=getattr(job.task, "options", ScoreOptions()))  # fmt: skip
-    checkpoint = _checkpoint_to_resume(job) if job.resume else None
-    resume = _resume_point(job, checkpoint) if checkpoint else None
+    checkpoint = checkpoint_to_resume(job.source, job.task, output, config) if job.resume else None
+    report.fresh_start = job.resume and checkpoint is None
+    resume = resume_point(job.task, output, checkpoint) if checkpoint else None
     if checkpoint is not None:
         report.resumed_after, report.written = checkpoint.last_line, checkpoint.written
     with ExitStack() as stack:
-        out = stack.enter_context(_open(output.path, stream, append=checkpoint is not None))
-        errors = ErrorLog(stack.enter_context(_open_errors(output.errors, append=checkpoint is not None)))
+        sinks = _Sinks(output, stream, stack, checkpoint)
+        errors = sinks.errors
         intake: Intake[Any] = Intake(
             job.source.items(job.task, resume),
             on_error=job.on_error,
@@ -156,6 +164,7 @@ def run(
         first = next(items, None)
         if first is None:  # nothing (left) to score
             intake.raise_failure()
+            sinks.commit()
             report.last_line = max(intake.position, checkpoint.last_line if checkpoint else 0)
             if output.to_file:
                 Checkpoint.remove(str(output.path))
@@ -164,11 +173,15 @@ def run(
         checkpointed = output.to_file and output.format == "jsonl"
         report.load_seconds, report.scorer = scorer.load_seconds, scorer.describe()
         report.max_length, report.model_limit = scorer.max_length, scorer.model_limit
+        settings = loaded_settings(job.source, job.task, output, scorer) if checkpointed else {}
+        if checkpoint is not None:
+            check_loaded(str(output.path), checkpoint, settings)
+        out = sinks.commit()
+        ckpt = checkpoint or Checkpoint(job.source.name, settings, scorer.model_limit)
         if checkpointed and checkpoint is None:  # resumable from here on, even if stopped before a group
-            Checkpoint(input=job.source.name).save(str(output.path))
+            ckpt.save(str(output.path))
         scoring_started = time.perf_counter()
         control = JobControl(stats=report.stats, on_progress=progress, should_stop=stop)
-        ckpt = checkpoint or Checkpoint(input=job.source.name)
         base = Checkpoint(input=job.source.name, skipped=ckpt.skipped, blank=ckpt.blank)
         write = _writer(output.format, out, job.task, report)
         try:
@@ -215,32 +228,6 @@ def _check(job: Job) -> None:
             raise UsageError(f"{RESUME} works with JSONL output ({option('format', 'jsonl')}).")
     if fmt == "trec" and not job.task.ranked:
         raise UsageError(f"{option('format', 'trec')} is for ranked output: use it to rerank, not to score.")
-
-
-def _checkpoint_to_resume(job: Job) -> Checkpoint:
-    path = str(job.output.path)
-    checkpoint = Checkpoint.load(path)
-    if checkpoint.input != job.source.name:
-        raise ResumeError(
-            f"{RESUME}: {path} was written from {checkpoint.input}, not {job.source.name}; "
-            "refusing to mix inputs."
-        )
-    return checkpoint
-
-
-def _resume_point(job: Job, checkpoint: Checkpoint) -> ResumePoint:
-    """Read the output's last record, then cut the files back to the checkpoint (nothing else is written
-    before the source has proved, while skipping the done part, that it is the same input)."""
-    path = str(job.output.path)
-    truncate_to(path, checkpoint.output_bytes)
-    last = None
-    if checkpoint.last_record_line:
-        last = last_jsonl_record(path)
-        if last is None:
-            raise ResumeError(f"{RESUME}: {path} is empty but its checkpoint says records were written.")
-    if job.output.errors:
-        truncate_to(job.output.errors, checkpoint.errors_bytes)
-    return ResumePoint(path, checkpoint.last_line, checkpoint.last_record_line, last, job.task.mismatches)
 
 
 def _finish(report: Report, intake: Intake[Any], started: float) -> Report:
@@ -302,23 +289,58 @@ def _save(
     ckpt.save(str(output.path))
 
 
+class _Sinks:
+    """The output stream and the rejected-lines log. A new job opens (and empties) its files at once. A
+    resumed job leaves them untouched until :meth:`commit`, called once every check has passed: they are
+    then cut back to the checkpoint and opened for appending (lines rejected before that wait in memory).
+    """
+
+    def __init__(
+        self, output: Output, stream: BinaryIO | None, stack: ExitStack, checkpoint: Checkpoint | None
+    ) -> None:
+        self._output, self._stack, self._checkpoint = output, stack, checkpoint
+        self._pending = io.BytesIO()  # also the scratch log when there is no errors file
+        self.errors = ErrorLog(self._pending)
+        self._out: BinaryIO | None = None
+        if checkpoint is None:
+            self._out = stack.enter_context(_open(output.path, stream))
+            if output.errors:
+                self.errors.stream = stack.enter_context(_writable(output.errors, "errors", append=False))
+
+    def commit(self) -> BinaryIO:
+        """The output stream, the files of a resumed job cut back to its checkpoint first."""
+        if self._out is not None:
+            return self._out
+        output, checkpoint = self._output, self._checkpoint
+        assert checkpoint is not None and output.path is not None
+        out = self._stack.enter_context(_writable(output.path, "output", append=True))
+        log = (
+            self._stack.enter_context(_writable(output.errors, "errors", append=True))
+            if output.errors
+            else None
+        )
+        _cut(out, checkpoint.output_bytes)
+        if log is not None:
+            _cut(log, checkpoint.errors_bytes)
+            log.write(self._pending.getvalue())
+            self.errors.stream = log
+        self._out = out
+        return out
+
+
+def _cut(handle: BinaryIO, size: int) -> None:
+    """Drop whatever a file holds past ``size`` (written after the last checkpoint) and append from there."""
+    handle.truncate(size)
+    handle.seek(size)
+
+
 @contextmanager
-def _open(path: str | None, stream: BinaryIO | None, *, append: bool) -> Iterator[BinaryIO]:
-    """The output file, or the given stream (stdout by default) for ``None`` and ``"-"``."""
+def _open(path: str | None, stream: BinaryIO | None) -> Iterator[BinaryIO]:
+    """The output file, emptied, or the given stream (stdout by default) for ``None`` and ``"-"``."""
     if path is None or path == "-":
         yield stream if stream is not None else sys.stdout.buffer
         return
-    with _writable(path, "output", append=append) as handle:
-        yield handle
-
-
-@contextmanager
-def _open_errors(path: str | None, *, append: bool) -> Iterator[BinaryIO]:
-    """The rejected-lines log, or a scratch buffer when there is none."""
-    if path is None:
-        yield io.BytesIO()
-        return
-    with _writable(path, "errors", append=append) as handle:
+    with _writable(path, "output", append=False) as handle:
         yield handle
 
 

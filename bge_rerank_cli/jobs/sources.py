@@ -78,8 +78,8 @@ class TrecSource:
 
     @property
     def name(self) -> str:
-        depth = f", depth {self.depth}" if self.depth else ""
-        return f"run {self.run} (corpus {self.corpus}, queries {self.queries}{depth})"
+        """The files (``depth`` is a setting the checkpoint records, not part of the input's identity)."""
+        return f"run {self.run} (corpus {self.corpus}, queries {self.queries})"
 
     def items(self, task: Task[Any, Any], resume: ResumePoint | None = None) -> Iterator[Any]:
         from ..ir import load_candidates

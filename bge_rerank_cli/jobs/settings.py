@@ -1,0 +1,247 @@
+"""What a job's records are made with, recorded in its checkpoint, so that a resume never mixes two
+settings in one output file.
+
+A record depends on the model (its files), the backend, quantisation and dtype it runs with, the tokens
+per pair (max length and the query's share of it), a decoder reranker's template and instruction, how
+long passages are handled (and the window options in chunk mode), and for ``rerank`` on top-k, min-score
+and depth. The checkpoint also binds the output format and the errors file. Batch size, token budget,
+device and prefix reuse do not bind: they change how pairs share a forward pass, which moves scores by
+float rounding only (within 1e-5, tested), never what a record says.
+
+Values are recorded **as resolved**, what ran rather than what was asked for: ``backend`` ``auto`` as
+the backend it chose, ``dtype`` ``auto`` as fp32 on a CPU, ``max_length`` clamped to the model's limit,
+the model as a fingerprint of its files (so a byte-identical copy in another folder is the same model).
+A resume that would write identical records is accepted however its settings are spelled; one that
+would not is refused.
+
+Both checks run before anything is written. :func:`before_load` resolves what needs no model: the model
+files, backend, quantisation, max length (against the model limit the checkpoint recorded, once the model
+files match), and the task's options; :func:`after_load` resolves everything from the loaded scorer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import LoaderConfig
+from ..errors import option
+
+if TYPE_CHECKING:
+    from ..backends.base import Scorer
+    from .sources import Source
+    from .tasks import Task
+
+MIB = 1 << 20
+WHOLE_FILE_LIMIT = 8 * MIB  # files up to this size (and every JSON file) are hashed whole
+SKIPPED_SUFFIXES = (".md",)  # a model card's edits change no record
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One recorded setting: ``value`` is compared; ``shown`` is how a refusal names it (it may hold
+    :func:`~bge_rerank_cli.errors.option` references, spelled by each front end)."""
+
+    value: Any
+    shown: str
+
+
+Settings = dict[str, Setting]
+
+# The order refusals list settings in; a setting derived from another one that differs is left out.
+ORDER = ("task", "model", "backend", "quantize", "dtype", "max_length", "query_max_length", "template",
+         "instruction", "long_docs", "chunk_overlap", "max_chunks", "top_k", "min_score", "depth", "format",
+         "errors")  # fmt: skip
+DERIVED = {
+    "query_max_length": "max_length",
+    "instruction": "template",
+    "chunk_overlap": "long_docs",
+    "max_chunks": "long_docs",
+    "top_k": "task",
+    "min_score": "task",
+    "depth": "task",
+}
+BOUND_ONCE_SET = {"errors"}  # a job that had no errors file may get one; one that had one keeps it
+_NONE = Setting(None, "none")
+
+
+def _plain(value: Any) -> Setting:
+    return Setting(value, "none" if value is None else str(value))
+
+
+def _asked(value: Any, requested: Any) -> Setting:
+    """A resolved value, shown with what was asked for when that differs (``fp32 (auto)``)."""
+    if requested is None or requested == value:
+        return _plain(value)
+    return Setting(value, f"{value} ({requested})" if requested == "auto" else f"{value} (asked {requested})")
+
+
+def task_settings(task: Task[Any, Any], source: Source, output: Any) -> Settings:
+    """What the task, the source and the output bind (no model needed)."""
+    settings: Settings = {"task": _plain(task.kind)}
+    options = getattr(task, "options", None)
+    if options is not None:
+        chunk = options.long_docs == "chunk"
+        settings["long_docs"] = _plain(options.long_docs)
+        settings["chunk_overlap"] = _plain(options.chunk_overlap if chunk else None)
+        settings["max_chunks"] = _plain(options.max_chunks if chunk else None)
+    if task.kind == "rerank":
+        settings["top_k"] = _plain(getattr(task, "top_k", None))
+        settings["min_score"] = _plain(getattr(task, "min_score", None))
+        settings["depth"] = _plain(_depth(task, source))
+    settings["format"] = _plain(output.format)
+    errors = output.errors
+    settings["errors"] = Setting(os.path.abspath(errors) if errors else None, errors or "none")
+    return settings
+
+
+def _depth(task: Task[Any, Any], source: Source) -> int | None:
+    """Candidates scored per query: the task's ``depth`` or a first-stage source's, the smaller of both."""
+    depths = [d for d in (getattr(task, "depth", None), getattr(source, "depth", None)) if d is not None]
+    return min(depths) if depths else None
+
+
+def before_load(config: LoaderConfig, model_limit: int | None, recorded: Mapping[str, Setting]) -> Settings:
+    """The model settings known without loading it. ``max_length`` is resolved against ``model_limit``
+    (the checkpoint's) only when the model files are the checkpoint's; a model not on disk yet (a Hub id
+    to download) is left to :func:`after_load`, with every setting that depends on it."""
+    from ..recommend import resolve_backend
+
+    settings: Settings = {}
+    fingerprint = model_fingerprint(config)
+    if fingerprint is not None:
+        settings["model"] = Setting(fingerprint, model_name(config))
+    settings["backend"] = _asked(resolve_backend(config).backend, config.backend)
+    settings["quantize"] = _plain(config.quantize)
+    same_model = fingerprint is not None and recorded.get("model", _NONE).value == fingerprint
+    if same_model and model_limit is not None:
+        # The scorer's clamp (backends.tokenization.effective_max_length), for the same model files.
+        settings["max_length"] = _asked(min(config.max_length, model_limit), config.max_length)
+    return settings
+
+
+def after_load(scorer: Scorer) -> Settings:
+    """Every model setting, as the loaded ``scorer`` resolved it."""
+    config = scorer.config
+    described = scorer.describe()
+    template = str(getattr(scorer, "template", "cross-encoder"))
+    instruction = getattr(getattr(scorer, "pairs", None), "instruction", None)
+    query_cap = getattr(scorer, "query_cap", None)
+    share = (
+        f"asked {config.query_max_length}"
+        if config.query_max_length is not None
+        else f"the default for max length {config.max_length}"
+    )
+    return {
+        "model": Setting(model_fingerprint(config) or model_name(config), model_name(config)),
+        "backend": _asked(described.get("backend", config.backend), config.backend),
+        "quantize": _plain(config.quantize),
+        "dtype": _asked(scorer.dtype, config.dtype),
+        "max_length": _asked(scorer.max_length, config.max_length),
+        "query_max_length": Setting(query_cap, f"{query_cap} ({share})"),
+        "template": _asked(template, config.template),
+        "instruction": Setting(instruction, _instruction_shown(instruction, config.instruction)),
+    }
+
+
+def _instruction_shown(instruction: str | None, requested: str | None) -> str:
+    if instruction is None:
+        return "none"
+    text = instruction if len(instruction) <= 60 else instruction[:57] + "..."
+    return repr(text) + (" (the model's default)" if requested is None else "")
+
+
+def model_name(config: LoaderConfig) -> str:
+    return config.model + (f" at revision {config.revision}" if config.revision else "")
+
+
+def model_fingerprint(config: LoaderConfig) -> str | None:
+    """The model's files as one digest, or ``None`` when they are not on disk (a Hub model not downloaded
+    yet). A local folder and a Hub model's cached snapshot are fingerprinted alike, by content only."""
+    from ..hub import model_folder
+
+    folder = model_folder(config.model, config.revision, config.cache_dir)
+    return None if folder is None else folder_fingerprint(folder)
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """``sha256:`` of the folder's top-level files by name and content: JSON files and files up to 8 MiB
+    hashed whole; larger ones (weights) by their size and their first and last MiB, so a 2 GB model costs
+    a few MiB of reading. Names, not paths or times: a byte-identical copy elsewhere fingerprints alike.
+    Hidden files and Markdown (a model card) are left out."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if path.name.startswith(".") or path.suffix in SKIPPED_SUFFIXES or not path.is_file():
+            continue
+        digest.update(f"{path.name}\0{path.stat().st_size}\0{_file_digest(path)}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        if size <= WHOLE_FILE_LIMIT or path.suffix == ".json":
+            for block in iter(lambda: handle.read(MIB), b""):
+                digest.update(block)
+        else:
+            digest.update(handle.read(MIB))
+            handle.seek(size - MIB)
+            digest.update(handle.read(MIB))
+    return digest.hexdigest()
+
+
+def differences(
+    recorded: Mapping[str, Setting], current: Mapping[str, Setting], *, complete: bool
+) -> list[str]:
+    """One line per setting that differs: ``--max-length: 256 in the checkpoint, 512 now`` (names through
+    :func:`option`). ``complete=False`` compares only what ``current`` holds (the check before loading)."""
+    names = [*ORDER, *(n for n in (*recorded, *current) if n not in ORDER)]
+    differ: dict[str, tuple[Setting, Setting]] = {}
+    for name in dict.fromkeys(names):
+        if name not in current and (not complete or name not in recorded):
+            continue
+        old, new = recorded.get(name, _NONE), current.get(name, _NONE)
+        if name in BOUND_ONCE_SET and old.value is None:
+            continue
+        if old.value != new.value:
+            differ[name] = (old, new)
+    lines = []
+    for name, (old, new) in differ.items():
+        if DERIVED.get(name) in differ:
+            continue
+        was, now = old.shown, new.shown
+        if was == now:  # same name, other content: say which
+            was, now = f"{was} ({_short(old.value)})", f"{now} ({_short(new.value)})"
+        label = name if name == "task" else option(name)
+        lines.append(f"{label}: {was} in the checkpoint, {now} now")
+    return lines
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[: len("sha256:") + 12] if text.startswith("sha256:") else text
+
+
+def to_json(settings: Mapping[str, Setting]) -> dict[str, dict[str, Any]]:
+    return {name: {"value": s.value, "shown": s.shown} for name, s in settings.items()}
+
+
+def from_json(data: Any) -> Settings:
+    """Settings as a checkpoint stores them; a ``TypeError`` or ``ValueError`` for anything else."""
+    if not isinstance(data, dict):
+        raise TypeError(f"settings must be an object, not {type(data).__name__}")
+    out: Settings = {}
+    for name, entry in data.items():
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"value", "shown"}
+            or not isinstance(entry["shown"], str)
+        ):
+            raise ValueError(f"setting {name!r} is malformed")
+        out[str(name)] = Setting(entry["value"], entry["shown"])
+    return out
