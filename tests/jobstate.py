@@ -27,7 +27,7 @@ def stop_after(
     kept = b"".join(out.read_bytes().splitlines(keepends=True)[:records])
     out.write_bytes(kept)
     scorer = load_scorer(config)
-    settings = loaded_settings(source, task, Output(str(out), "jsonl", errors), scorer)
+    settings = loaded_settings(source, task, Output(str(out), "jsonl", errors), scorer, config)
     checkpoint = Checkpoint(
         source.name,
         settings,

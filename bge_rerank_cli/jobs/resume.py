@@ -69,9 +69,12 @@ def resume_point(task: Task[Any, Any], output: Any, checkpoint: Checkpoint) -> R
     return ResumePoint(path, checkpoint.last_line, checkpoint.last_record_line, last, task.mismatches)
 
 
-def loaded_settings(source: Source, task: Task[Any, Any], output: Any, scorer: Scorer) -> Settings:
-    """Every setting a checkpoint records, as the loaded ``scorer`` resolved them."""
-    return task_settings(task, source, output) | after_load(scorer)
+def loaded_settings(
+    source: Source, task: Task[Any, Any], output: Any, scorer: Scorer, config: LoaderConfig | None = None
+) -> Settings:
+    """Every setting a checkpoint records, as the loaded ``scorer`` resolved them (``config``: what it was
+    loaded from, when known)."""
+    return task_settings(task, source, output) | after_load(scorer, config)
 
 
 def check_loaded(path: str, checkpoint: Checkpoint, settings: Settings) -> None:

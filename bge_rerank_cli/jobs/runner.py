@@ -173,7 +173,7 @@ def run(
         checkpointed = output.to_file and output.format == "jsonl"
         report.load_seconds, report.scorer = scorer.load_seconds, scorer.describe()
         report.max_length, report.model_limit = scorer.max_length, scorer.model_limit
-        settings = loaded_settings(job.source, job.task, output, scorer) if checkpointed else {}
+        settings = loaded_settings(job.source, job.task, output, scorer, config) if checkpointed else {}
         if checkpoint is not None:
             check_loaded(str(output.path), checkpoint, settings)
         out = sinks.commit()

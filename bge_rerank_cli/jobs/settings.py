@@ -52,18 +52,19 @@ class Setting:
 
 Settings = dict[str, Setting]
 
-# The order refusals list settings in; a setting derived from another one that differs is left out.
+# The order refusals list settings in; a setting derived from others is left out when one of them differs
+# (a decoder's query share follows from its prompt's length, the template's and the instruction's).
 ORDER = ("task", "model", "backend", "quantize", "dtype", "max_length", "query_max_length", "template",
          "instruction", "long_docs", "chunk_overlap", "max_chunks", "top_k", "min_score", "depth", "format",
          "errors")  # fmt: skip
 DERIVED = {
-    "query_max_length": "max_length",
-    "instruction": "template",
-    "chunk_overlap": "long_docs",
-    "max_chunks": "long_docs",
-    "top_k": "task",
-    "min_score": "task",
-    "depth": "task",
+    "query_max_length": ("max_length", "template", "instruction", "model"),
+    "instruction": ("template", "model"),
+    "chunk_overlap": ("long_docs",),
+    "max_chunks": ("long_docs",),
+    "top_k": ("task",),
+    "min_score": ("task",),
+    "depth": ("task",),
 }
 BOUND_ONCE_SET = {"errors"}  # a job that had no errors file may get one; one that had one keeps it
 _NONE = Setting(None, "none")
@@ -124,8 +125,9 @@ def before_load(config: LoaderConfig, model_limit: int | None, recorded: Mapping
     return settings
 
 
-def after_load(scorer: Scorer) -> Settings:
-    """Every model setting, as the loaded ``scorer`` resolved it."""
+def after_load(scorer: Scorer, requested: LoaderConfig | None = None) -> Settings:
+    """Every model setting, as the loaded ``scorer`` resolved it (``requested``: the configuration it was
+    loaded from, for showing what was asked; the scorer's own holds the backend ``auto`` resolved to)."""
     config = scorer.config
     described = scorer.describe()
     template = str(getattr(scorer, "template", "cross-encoder"))
@@ -138,7 +140,7 @@ def after_load(scorer: Scorer) -> Settings:
     )
     return {
         "model": Setting(model_fingerprint(config) or model_name(config), model_name(config)),
-        "backend": _asked(described.get("backend", config.backend), config.backend),
+        "backend": _asked(described.get("backend", config.backend), (requested or config).backend),
         "quantize": _plain(config.quantize),
         "dtype": _asked(scorer.dtype, config.dtype),
         "max_length": _asked(scorer.max_length, config.max_length),
@@ -212,7 +214,7 @@ def differences(
             differ[name] = (old, new)
     lines = []
     for name, (old, new) in differ.items():
-        if DERIVED.get(name) in differ:
+        if any(parent in differ for parent in DERIVED.get(name, ())):
             continue
         was, now = old.shown, new.shown
         if was == now:  # same name, other content: say which
