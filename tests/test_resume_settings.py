@@ -399,6 +399,23 @@ def test_each_fault_is_refused_and_changes_nothing(tiny_xlmr: Path, tmp_path: Pa
     assert snapshot(*files(out)) == before
 
 
+def test_an_errors_file_cut_after_the_stop_is_refused(tiny_xlmr: Path, tmp_path: Path):
+    rejected = tmp_path / "rejected.jsonl"
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n" + (SAMPLES / "pairs.jsonl").read_bytes() + BAD)  # a blank line is logged
+    out = tmp_path / "out.jsonl"
+    args = ["score", str(source), "-m", str(tiny_xlmr), "-f", "jsonl", "--quiet", "--errors", str(rejected)]
+    assert invoke([*args, "-o", str(out)]).exit_code == 3
+    assert Checkpoint.load(str(out)).errors_bytes == rejected.stat().st_size > 0
+    rejected.write_bytes(b"")
+    _fix(source, "score")
+    before = snapshot(*files(out, rejected))
+    refused = invoke([*args, "-o", str(out), "--resume"])
+    assert refused.exit_code == 2, refused.output
+    assert f"{rejected} holds 0 bytes but its checkpoint counts" in refused.stderr
+    assert snapshot(*files(out, rejected)) == before
+
+
 def test_nothing_to_resume_starts_the_job(tiny_xlmr: Path, tmp_path: Path):
     """make-style: --resume (resume=True) with neither the output nor its checkpoint starts from the
     beginning, and says so; CLI and API alike."""
