@@ -96,8 +96,11 @@ class Reranker:
         """Score a JSONL file of ``{"query", "passage"}`` records into ``out``, as `bge-rerank score` does.
 
         With JSONL output the job checkpoints as it goes: when ``stop()`` turns true, or the process
-        dies, the same call with ``resume=True`` continues without losing or repeating a record. A
-        :class:`~bge_rerank_cli.jobs.Source` may be given instead of a path (e.g. a TREC run).
+        dies, the same call with ``resume=True`` continues without losing or repeating a record (with
+        neither ``out`` nor its checkpoint it starts the job). A resume with other settings than the
+        job's (model files, max length, dtype, ...) raises :class:`~bge_rerank_cli.errors.ResumeError`
+        before writing anything. A :class:`~bge_rerank_cli.jobs.Source` may be given instead of a path
+        (e.g. a TREC run).
         """
         return self._run(ScoreTask(self.options), path, out, format, resume, on_error, errors, stop)
 
