@@ -152,14 +152,14 @@ def test_an_exception_that_escapes_the_app_is_a_json_500_with_the_request_id():
     """The gate is the last word: a bug below it answers JSON with X-Request-ID, and logs one line."""
     import asyncio
 
-    from bge_rerank_cli.service.app import Gate
+    from bge_rerank_cli.service.app import AccessLog, Gate
     from bge_rerank_cli.service.metrics import Metrics
 
     async def broken(scope, receive, send):  # an app with a bug
         raise KeyError("boom")
 
     async def call() -> httpx.Response:
-        gate = Gate(broken, metrics=Metrics(), api_key=None, max_body=100, log_format="text", cors=False)
+        gate = Gate(broken, metrics=Metrics(), api_key=None, max_body=100, access=AccessLog(), cors=False)
         transport = httpx.ASGITransport(app=gate)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             return await client.post("/v2/rerank", json={}, headers={"X-Request-ID": "bug-1"})
@@ -302,6 +302,9 @@ def test_a_client_trickling_its_headers_is_cut_at_the_total_bound(edge: Server):
     assert answer.startswith(b"HTTP/1.1 408") and b'"error_type": "Validation"' in answer
     assert time.monotonic() - started < 4.0
     assert edge.metrics()["bge_rerank_rejected_requests_total{reason=header_timeout}"] == before + 1
+    rid = re.search(rb"x-request-id: ([0-9a-f-]{36})", answer).group(1).decode()  # type: ignore[union-attr]
+    logged = [line for line in edge.log.read_text().splitlines() if line.endswith(rid)]
+    assert len(logged) == 1 and '"- -" 408 ' in logged[0]  # logged like any answer, though below the app
 
 
 def test_a_client_that_stops_sending_its_body_is_cut(edge: Server):
@@ -312,6 +315,10 @@ def test_a_client_that_stops_sending_its_body_is_cut(edge: Server):
     answer = read_all(sock, 5)
     sock.close()
     assert answer.startswith(b"HTTP/1.1 408") and b"body did not arrive within 1s" in answer
+    rid = re.search(rb"x-request-id: ([0-9a-f-]{36})", answer).group(1).decode()  # type: ignore[union-attr]
+    assert any(
+        line.endswith(rid) and '"POST /v2/rerank" 408 ' in line for line in edge.log.read_text().splitlines()
+    )
     assert time.monotonic() - started < 3.0
     assert edge.metrics()["bge_rerank_rejected_requests_total{reason=body_timeout}"] >= 1
     no_tracebacks(edge)

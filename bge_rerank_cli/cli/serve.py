@@ -147,7 +147,7 @@ def serve(
             from ..service import INSTALL_HINT
 
             raise UsageError(f"serve needs {exc.name}, which is not installed: {INSTALL_HINT}") from None
-        from ..service.app import create_app
+        from ..service.app import AccessLog, create_app
         from ..service.core import Engine, Limits
         from ..service.metrics import Metrics
         from ..service.server import ConnectionLimits, Drain, Server, bind, guarded_protocol
@@ -171,7 +171,8 @@ def serve(
         app = create_app(engine, metrics=metrics, api_key=api_key, cors_origins=tuple(cors_origin or ()),
                          log_format=log_format, on_fatal=on_fatal, drain=drain)  # fmt: skip
         listening = bind(host, port)  # before the model loads: a port in use fails at once
-        protocol = guarded_protocol(ConnectionLimits(header_timeout, body_timeout, max_connections), metrics)
+        protocol = guarded_protocol(ConnectionLimits(header_timeout, body_timeout, max_connections), metrics,
+                                    AccessLog(log_format).write)  # fmt: skip
         uv_config = uvicorn.Config(
             app,
             http=protocol,

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -120,7 +121,7 @@ def create_app(
             CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
     app.add_middleware(Gate, metrics=metrics, api_key=api_key, max_body=engine.limits.max_body_bytes,
-                       log_format=log_format, cors=bool(cors_origins))  # fmt: skip
+                       access=AccessLog(log_format), cors=bool(cors_origins))  # fmt: skip
     _handlers(app, metrics)
     _routes(app, engine, metrics, drain)
     return app
@@ -320,13 +321,13 @@ class Gate:
     middleware), becomes the service's JSON error shape; nothing reaches the server as a traceback."""
 
     def __init__(
-        self, app: Any, *, metrics: Metrics, api_key: str | None, max_body: int, log_format: str, cors: bool
+        self, app: Any, *, metrics: Metrics, api_key: str | None, max_body: int, access: AccessLog, cors: bool
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.key = api_key.encode() if api_key else None
         self.max_body = max_body
-        self.log_format = log_format
+        self.access = access
         self.cors = cors
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -345,9 +346,11 @@ class Gate:
         sending = _Replier(send, rid, status)
         try:
             if not authorized and path not in OPEN_ROUTES and not self._preflight(scope, headers):
-                await error(401, "unauthorized", "Unauthorized", {"WWW-Authenticate": "Bearer"})(
-                    scope, receive, sending
+                # Its body is not read: the connection closes after the answer, so none is left on it.
+                refusal = error(
+                    401, "unauthorized", "Unauthorized", {"WWW-Authenticate": "Bearer", "Connection": "close"}
                 )
+                await refusal(scope, receive, sending)
                 return
             body = await self._body(scope, headers, receive, sending)
             if body is None:
@@ -360,6 +363,8 @@ class Gate:
                 await error(500, "internal error (see the service log)", "Backend")(scope, receive, sending)
         finally:
             seconds = time.perf_counter() - started
+            # Answered below the app (a deadline's 408), or not at all: the client left first (499).
+            status["code"] = scope["state"].get("answered") or (status["code"] if sending.started else 499)
             self.metrics.requests.labels(route, str(status["code"])).inc()
             self.metrics.latency.labels(route).observe(seconds)
             self._access(scope, status["code"], seconds, rid)
@@ -407,8 +412,18 @@ class Gate:
 
     def _access(self, scope: dict[str, Any], status: int, seconds: float, rid: str) -> None:
         client = (scope.get("client") or ("-", 0))[0]
-        method, path = scope.get("method", "-"), scope.get("path", "-")
-        if self.log_format == "json":
+        self.access.write(client, scope.get("method", "-"), scope.get("path", "-"), status, seconds, rid)
+
+
+@dataclass(frozen=True)
+class AccessLog:
+    """One line per request on stderr: text (``client "METHOD path" status 1.0ms id``, with whatever could
+    break or forge a line escaped) or JSON. Never a body or a document text."""
+
+    format: str = "text"
+
+    def write(self, client: str, method: str, path: str, status: int, seconds: float, rid: str) -> None:
+        if self.format == "json":
             line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "client": client, "method": method,
                                "path": path, "status": status, "ms": round(seconds * 1000, 1),
                                "request_id": rid})  # fmt: skip

@@ -27,6 +27,9 @@ import asyncio
 import errno
 import json
 import socket
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -69,14 +72,22 @@ def raw_json_response(status: int, reason: str, message: str, kind: str, headers
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def guarded_protocol(limits: ConnectionLimits, metrics: Metrics) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with ``limits`` enforced and counted in ``metrics``."""
+# An access-log line for an answer given below the app: (client, method, path, status, seconds, request id).
+AccessWriter = Callable[[str, str, str, int, float, str], None]
+
+
+def guarded_protocol(
+    limits: ConnectionLimits, metrics: Metrics, access: AccessWriter | None = None
+) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with ``limits`` enforced, counted in ``metrics`` and logged by ``access``."""
 
     class GuardedProtocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
         _timed: Any = None  # the request cycle the body deadline belongs to
+        _since = 0.0  # when the current request (or the connection) began
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            self._since = time.perf_counter()
             super().connection_made(transport)
             if len(self.connections) > limits.max_connections:
                 metrics.rejected.labels("connections").inc()
@@ -87,6 +98,7 @@ def guarded_protocol(limits: ConnectionLimits, metrics: Metrics) -> type[H11Prot
 
         def data_received(self, data: bytes) -> None:
             if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+                self._since = time.perf_counter()
                 self._arm(limits.header_seconds, "header_timeout")  # a new request on a kept-alive connection
             super().data_received(data)
             self._follow()
@@ -137,9 +149,19 @@ def guarded_protocol(limits: ConnectionLimits, metrics: Metrics) -> type[H11Prot
             self._refuse(408, "Request Timeout", message, "Validation", {})
 
         def _refuse(self, status: int, reason: str, message: str, kind: str, headers: dict[str, str]) -> None:
-            if self.cycle is None or not self.cycle.response_started:
-                self.transport.write(raw_json_response(status, reason, message, kind, headers))
+            """Answer ``status`` and close. With a request under way, the gate logs it (it reads the status
+            from the request's state) under the request's id; otherwise the answer is logged here."""
+            in_app = self.cycle is not None and not self.cycle.response_complete
+            state: dict[str, Any] = self.scope.get("state", {}) if in_app else {}
+            rid = state.get("request_id") or str(uuid.uuid4())
+            if not in_app or not self.cycle.response_started:
+                response = raw_json_response(status, reason, message, kind, {**headers, "x-request-id": rid})
+                self.transport.write(response)
+                state["answered"] = status
             self.transport.close()
+            if access is not None and not in_app:
+                client = self.client[0] if self.client else "-"
+                access(client, "-", "-", status, time.perf_counter() - self._since, rid)
 
     return GuardedProtocol
 
