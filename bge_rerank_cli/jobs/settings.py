@@ -15,8 +15,9 @@ A resume that would write identical records is accepted however its settings are
 would not is refused.
 
 Both checks run before anything is written. :func:`before_load` resolves what needs no model: the model
-files, backend, quantisation, max length (against the model limit the checkpoint recorded, once the model
-files match), and the task's options; :func:`after_load` resolves everything from the loaded scorer.
+files, an explicit backend, quantisation, max length (against the model limit the checkpoint recorded,
+once the model files match), and the task's options; :func:`after_load` resolves everything from the
+loaded scorer.
 """
 
 from __future__ import annotations
@@ -109,14 +110,15 @@ def _depth(task: Task[Any, Any], source: Source) -> int | None:
 def before_load(config: LoaderConfig, model_limit: int | None, recorded: Mapping[str, Setting]) -> Settings:
     """The model settings known without loading it. ``max_length`` is resolved against ``model_limit``
     (the checkpoint's) only when the model files are the checkpoint's; a model not on disk yet (a Hub id
-    to download) is left to :func:`after_load`, with every setting that depends on it."""
-    from ..recommend import resolve_backend
-
+    to download) is left to :func:`after_load`, with every setting that depends on it, and so is backend
+    ``auto``: what it resolves to is the loaded scorer's to say (a scorer loaded earlier in the process
+    may have resolved it under an older ``bench --recommend``)."""
     settings: Settings = {}
     fingerprint = model_fingerprint(config)
     if fingerprint is not None:
         settings["model"] = Setting(fingerprint, model_name(config))
-    settings["backend"] = _asked(resolve_backend(config).backend, config.backend)
+    if config.backend != "auto":
+        settings["backend"] = _plain(config.backend)
     settings["quantize"] = _plain(config.quantize)
     same_model = fingerprint is not None and recorded.get("model", _NONE).value == fingerprint
     if same_model and model_limit is not None:
