@@ -30,7 +30,8 @@ class NotReady(BgeRerankError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request and queue bounds. ``max_queue`` counts pairs waiting for the model worker."""
+    """Per-request and queue bounds. ``max_queue`` counts pairs admitted and waiting for the model worker
+    (being tokenised or queued)."""
 
     max_docs: int = 1000
     max_body_bytes: int = 10 * 2**20
