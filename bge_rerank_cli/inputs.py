@@ -72,9 +72,7 @@ def parse_object(line: bytes, number: int, source: str) -> dict[str, Any]:
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise InputError(
-            f"invalid JSON ({exc.msg}){_format_hint(line, number)}", source=source, line=number
-        ) from None
+        raise InputError(_json_problem(line, number, exc.msg), source=source, line=number) from None
     if not isinstance(obj, dict):
         kind = type(obj).__name__ if obj is not None else "null"
         hint = (
@@ -84,6 +82,25 @@ def parse_object(line: bytes, number: int, source: str) -> dict[str, Any]:
     return obj
 
 
+def _json_problem(line: bytes, number: int, message: str) -> str:
+    """Why a line is not JSON, in terms of what to fix: bytes that are not UTF-8 (where, and how to
+    convert), a lone surrogate escape, or the parser's message with a hint at the file's format."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"not UTF-8: byte 0x{line[exc.start]:02x} at byte {exc.start + 1} of the line; the input must be "
+            "UTF-8: convert it, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8 (with the file's own "
+            "encoding for latin1)"
+        )
+    if "surrogate" in message:
+        return (
+            f"invalid JSON ({message}): a \\udXXX escape without its pair is not Unicode text; fix the "
+            "program that wrote it, or drop that escape"
+        )
+    return f"invalid JSON ({message}){_format_hint(line, number)}"
+
+
 def _format_hint(line: bytes, number: int) -> str:
     """On line 1, what the file looks like instead of JSONL, and the one-liner that converts it."""
     if number != 1:
@@ -91,7 +108,9 @@ def _format_hint(line: bytes, number: int) -> str:
     text = line.strip()
     if text in (b"[", b"{") or text.startswith((b"[{", b"[ {")):
         return f"; {JSONL_HINT}: a pretty-printed or array JSON file converts with jq -c '.[]' FILE (array) or jq -c . FILE"
-    if b"," in text or b"\t" in text:
+    if not text.startswith((b"{", b"[")) and (
+        b"," in text or b"\t" in text
+    ):  # a broken object has commas too
         return (
             f"; {JSONL_HINT}, and this looks like CSV/TSV: convert with "
             'python -c "import csv, json, sys; [print(json.dumps(r, ensure_ascii=False)) for r in csv.DictReader(sys.stdin)]" < FILE.csv'

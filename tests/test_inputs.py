@@ -27,7 +27,7 @@ def test_line_numbers_count_blank_lines_bom_and_crlf():
         (b'"text"\n', "line 1: expected a JSON object, got str"),
         (b"null\n", "line 1: expected a JSON object, got null"),
         (b'{"a": NaN}\n', "line 1: invalid JSON"),
-        (b'{"a": "\xff"}\n', "line 1: invalid JSON"),
+        (b'{"a": "\xff"}\n', "line 1: not UTF-8: byte 0xff at byte 8"),
     ],
 )
 def test_bad_lines_name_their_line(data: bytes, message: str):
@@ -102,6 +102,24 @@ def test_readers_are_lazy_and_turn_bad_lines_into_rejections():
     assert rest[0].reason.startswith("invalid JSON") and rest[0].raw == b"not json"
     assert rest[2].reason.startswith('missing "passage"')
     assert list(records(io.BytesIO(b""), "s", parse_rerank_item)) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "says", "not_said"),
+    [
+        (
+            b'{"query": "q", "passage": "caf\xe9"}',
+            "not UTF-8: byte 0xe9 at byte 31 of the line",
+            "surrogates",
+        ),
+        (b'{"query": "q", "passage": "a\\udc80"}', "without its pair is not Unicode text", "CSV"),
+        (b'{"query": "q", "passage": "p",}', "trailing comma", "CSV"),  # an object's commas are not CSV's
+    ],
+)
+def test_a_broken_line_says_what_to_fix(line: bytes, says: str, not_said: str):
+    with pytest.raises(InputError) as error:
+        parse_object(line, 1, "in")
+    assert says in str(error.value) and not_said not in str(error.value)
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ SCORE_CATALOGUE: list[tuple[str, bytes, str | None]] = [
     ("empty passage", b'{"query": "q", "passage": "   "}', '"passage" is empty'),
     ("numeric passage", b'{"query": "q", "text": 3.5}', '"text" must be a string, got float'),
     ("object passage", b'{"query": "q", "doc": {"a": 1}}', '"doc" must be a string, got dict'),
-    ("invalid utf-8", b'{"query": "q", "passage": "caf\xe9"}', "invalid JSON"),
+    ("invalid utf-8", b'{"query": "q", "passage": "caf\xe9"}', "not UTF-8: byte 0xe9"),
     ("NaN literal", b'{"query": "q", "passage": "p", "x": NaN}', "invalid JSON"),
     ("Infinity literal", b'{"query": "q", "passage": "p", "x": Infinity}', "invalid JSON"),
     ("CRLF line end", OK + b"\r", None),
