@@ -45,3 +45,21 @@ def test_exit_codes_are_documented():
             or f"{int(code)} /" in errors_doc
             or f"/ {int(code)}" in errors_doc
         ), code
+
+
+def test_every_option_has_help_and_usage_lines_read():
+    """`--help` describes every option, and an optional argument shows once bracketed (`[INPUT]`)."""
+    import typer.main
+
+    from bge_rerank_cli.cli import app
+
+    group = typer.main.get_command(app)
+    undocumented = [
+        f"{name} {param.opts[0]}"
+        for name, command in group.commands.items()  # type: ignore[attr-defined]
+        for param in command.params
+        if getattr(param, "param_type_name", "") == "option" and not param.hidden and not param.help
+    ]
+    assert undocumented == []
+    reference = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert "[[" not in reference and "Usage: bge-rerank score [OPTIONS] [INPUT]" in reference

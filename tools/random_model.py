@@ -1,7 +1,7 @@
 """Build random-weight cross-encoders on disk, offline, deterministically.
 
 Used by the tests (a ~1 MB XLM-RoBERTa and a BERT cross-encoder), by the benchmarks (the exact
-bge-reranker-v2-m3 architecture: throughput does not depend on weight values) and by ``run.sh``
+bge-reranker-v2-m3 architecture: throughput does not depend on weight values) and by ``scripts/main.sh``
 when the real model cannot be downloaded. Scores of these models carry no meaning.
 
     python -m tools.random_model DIR [--size tiny|full] [--family xlmr|bert|qwen3|gemma]

@@ -31,7 +31,7 @@ def bench(
     input_path: Annotated[
         str | None,
         typer.Argument(
-            metavar="[INPUT]",
+            metavar="INPUT",
             help="Rerank JSONL (query + documents per line) to measure on, one request a line. "
             "Default: the demo's queries and candidates.",
             show_default=False,

@@ -27,7 +27,7 @@ def rerank(
     input: Annotated[
         str | None,
         typer.Argument(
-            metavar="[INPUT]",
+            metavar="INPUT",
             show_default=False,
             help='JSONL file of {"query", "documents"} records; "-" or nothing reads stdin.',
         ),

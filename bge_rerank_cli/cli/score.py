@@ -25,7 +25,7 @@ def score(
     input: Annotated[
         str | None,
         typer.Argument(
-            metavar="[INPUT]",
+            metavar="INPUT",
             show_default=False,
             help='JSONL file of {"query", "passage"} records; "-" or nothing reads stdin.',
         ),

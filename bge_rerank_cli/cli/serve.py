@@ -35,7 +35,14 @@ def serve(
         ),
     ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(envvar="BGE_RERANK_PORT", min=0, max=65535, rich_help_panel=SERVICE)
+        int,
+        typer.Option(
+            envvar="BGE_RERANK_PORT",
+            min=0,
+            max=65535,
+            help="Port to listen on (0: a free one, printed at start). In use: exit 2.",
+            rich_help_panel=SERVICE,
+        ),
     ] = 8080,
     api_key: Annotated[
         str | None,
