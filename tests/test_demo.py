@@ -70,6 +70,7 @@ def test_demo_without_the_model_offline_fails_clearly(tmp_path: Path):
     assert result.returncode == 4
     assert "BAAI/bge-reranker-v2-m3" in err and str(tmp_path) in err
     assert "hf download BAAI/bge-reranker-v2-m3" in err and "bge-rerank doctor" in err
+    assert "bash scripts/main.sh" in err and "python -m tools.random_model DIR" in err  # the stand-in way
     assert "Traceback" not in err
     assert result.stdout == b""
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..config import Choice, LoaderConfig, ScoreOptions
 from ..demo import DemoResult, DemoRow, DemoTimings, Lang, demo_queries, run_query, timings
+from ..errors import ModelError
 from ..outputs import score_fields
 from . import console as term
 from . import options as opt
@@ -24,6 +25,14 @@ class DemoFormat(Choice):
     AUTO = "auto"
     TABLE = "table"
     JSONL = "jsonl"
+
+
+# Where the model cannot be had, the demo can still be seen end to end, on a random-weight stand-in.
+STAND_IN_DEMO = (
+    "To see the demo run end to end without it, from a clone of bge-rerank: `bash scripts/main.sh` (a "
+    "random-weight stand-in), or `python -m tools.random_model DIR` then `bge-rerank demo --model DIR`; "
+    "a stand-in's scores and orders are meaningless."
+)
 
 
 @opt.loader_options()
@@ -43,7 +52,11 @@ def demo(
     """
     with reported_errors():
         queries = demo_queries(lang)
-        scorer = term.loader(config, quiet)()
+        try:
+            scorer = term.loader(config, quiet)()
+        except ModelError as exc:
+            exc.hint = f"{exc.hint} {STAND_IN_DEMO}" if exc.hint else STAND_IN_DEMO
+            raise
         as_json = fmt == "jsonl" or (fmt == "auto" and not sys.stdout.isatty())
         console = term.out_console()
         results = []
