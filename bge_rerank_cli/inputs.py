@@ -174,8 +174,6 @@ def parse_rerank_item(obj: dict[str, Any], line: int, source: str = "<input>") -
     docs = obj[key]
     if not isinstance(docs, list):
         raise InputError(f'"{key}" must be a list, got {type(docs).__name__}', source=source, line=line)
-    if not docs:
-        raise InputError(f'"{key}" is empty: nothing to rerank', source=source, line=line)
     documents = tuple(_document(i, doc, key, source, line) for i, doc in enumerate(docs))
     _check_unique_ids(documents, key, source, line)
     record = {k: v for k, v in obj.items() if k != key}

@@ -143,3 +143,17 @@ def test_unicode_line_separators_pass_through_byte_identical_in_one_jsonl_line(t
     assert all(o.startswith(i[:-1] + b",") for o, i in zip(out, lines, strict=False))
     (logged,) = errors.read_bytes().split(b"\n")[:-1]
     assert orjson.loads(logged)["raw"] == bad.decode()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "trec", "table", "chart"])
+def test_a_query_without_candidates_gets_an_empty_result_in_every_format(fmt: str):
+    """As `serve` answers `"documents": []`: the job goes on, the query is kept with no results."""
+    lines = b'{"query": "nothing found", "qid": "1", "documents": []}\n{"query": "q", "qid": "2", "documents": ["a", "b"]}\n'
+    result = runner.invoke(app, ["rerank", "--format", fmt], input=lines)
+    assert result.exit_code == 0, result.output
+    if fmt == "jsonl":
+        assert jsonl(result.stdout)[0] == {"query": "nothing found", "qid": "1", "results": []}
+    elif fmt == "trec":
+        assert [line.split()[0] for line in result.stdout.splitlines()] == ["2", "2"]  # nothing for qid 1
+    else:
+        assert "nothing found  (no candidates)" in result.stdout

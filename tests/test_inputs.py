@@ -73,11 +73,16 @@ def test_rerank_document_aliases_and_fields(key: str):
     ]
 
 
+def test_a_query_without_candidates_is_an_item_with_none():
+    """A first stage that found nothing is not bad input: the query gets an empty result (as serve does)."""
+    item = parse_rerank_item({"query": "q", "documents": [], "qid": 7}, 3)
+    assert item.documents == () and item.record == {"query": "q", "qid": 7}
+
+
 @pytest.mark.parametrize(
     ("record", "message"),
     [
         ({"query": "q"}, 'missing "documents"'),
-        ({"query": "q", "documents": []}, '"documents" is empty'),
         ({"query": "q", "documents": "abc"}, '"documents" must be a list, got str'),
         ({"query": "q", "documents": [{"id": 1}]}, 'documents[0] has no "text" field'),
         ({"query": "q", "documents": ["a", 3]}, "documents[1] must be a string or an object"),

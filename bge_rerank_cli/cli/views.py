@@ -93,6 +93,9 @@ def render_score_chart(rows: list[tuple[ScoreItem, Scored]], console: Any) -> No
 
 def render_rerank_tables(results: list[RerankResult], console: Any, chart: bool = False) -> None:
     for result in results:
+        if not result.candidates:  # the first stage found nothing: no table to draw
+            console.print(f"[bold]{escape(elide(result.query, 100))}[/]  [dim](no candidates)[/]")
+            continue
         (render_rerank_chart if chart else render_rerank_table)(result, console)
     if results:
         console.print(
