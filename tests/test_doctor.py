@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -284,10 +285,16 @@ def test_doctor_view_keeps_every_fix_whole_at_80_columns():
         buffer = io.StringIO()
         _render(results, Console(file=buffer, width=width, soft_wrap=True, color_system=None))
         text = buffer.getvalue()
+        lines = text.splitlines()
+        commands = [line.strip() for line in lines if line.lstrip().startswith("$ ")]
+        words = text.split()
         for r in results:
-            if r.fix:
-                assert f"fix: {r.fix}" in text  # one unbroken line, however narrow the terminal
-            assert r.finding in text and "…" not in text
+            for word in f"{r.name}: {r.finding} fix: {r.fix}".split():
+                assert word in words, word  # wrapped between words, never inside one
+            for command in re.findall(r"`([^`]+)`", r.fix):
+                assert f"$ {command}" in commands  # on a line of its own, whole, to copy
+        assert "…" not in text
+        assert all(len(line) <= width for line in lines if not line.lstrip().startswith("$ "))
 
 
 def test_an_empty_model_folder_is_named_in_our_words(tmp_path: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Annotated
@@ -10,6 +11,8 @@ import orjson
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from ..config import LoaderConfig
 from ..errors import ExitCode, render
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from ..doctor import CheckResult
 
 ICONS = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+COMMAND = re.compile(r"`([^`]+)`")  # a command quoted in a fix
 
 
 @opt.loader_options()
@@ -67,10 +71,19 @@ def _in_flags(result: CheckResult) -> CheckResult:
 
 
 def _render(results: list[CheckResult], console: Console) -> None:
-    """One block per check: status, name and finding on a line, the fix on its own line below. Long
-    lines wrap in the terminal (soft wrap): nothing is cut, and a command in a fix stays one line to copy."""
+    """One block per check: the status, then the name and finding, and the fix below, wrapped between
+    words under their own column (never mid-word). A command the fix quotes (`...`) follows on a line of
+    its own, never wrapped by us, so it is copied whole."""
     console.print("[bold]bge-rerank doctor[/]")
     for r in results:
-        console.print(f"{ICONS[r.status]} [bold]{r.name}[/]: {escape(r.finding)}")
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")
+        grid.add_row(
+            Text.from_markup(ICONS[r.status]), Text.from_markup(f"[bold]{r.name}[/]: {escape(r.finding)}")
+        )
         if r.fix:
-            console.print(f"    [cyan]fix:[/] {escape(r.fix)}")
+            grid.add_row("", Text.from_markup(f"[cyan]fix:[/] {escape(r.fix)}"))
+        console.print(grid, soft_wrap=False)
+        for command in COMMAND.findall(r.fix):
+            console.print(f"       [dim]$[/] {escape(command)}", soft_wrap=True)
