@@ -11,7 +11,8 @@ VENV="${BGE_RERANK_VENV:-.venv}"
 BIN="$VENV/bin/bge-rerank"
 
 job() {
-    "$BIN" demo "$@" && "$BIN" rerank sample_data/rerank.jsonl --top-k 3 --format table "$@"
+    # --format auto, as the demo: tables on a terminal, JSONL (one stream of records) when piped.
+    "$BIN" demo "$@" && "$BIN" rerank sample_data/rerank.jsonl --top-k 3 --format auto "$@"
 }
 
 job "$@"
