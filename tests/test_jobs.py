@@ -7,6 +7,7 @@ changes the input and resumes. Settings checks: tests/test_resume_settings.py.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -172,8 +173,8 @@ def test_resume_refuses_another_queries_file_by_name(tiny_xlmr: Path, tmp_path: 
 def test_resume_with_the_same_input_equals_an_uninterrupted_run(tiny_xlmr: Path, tmp_path: Path, case: str):
     args, stdin, _, source, task = _cases(tmp_path)[case]
     out = tmp_path / "out.jsonl"
-    model = ["-m", str(tiny_xlmr), "-f", "jsonl", "--quiet", "-o", str(out)]
-    assert invoke([*args, *model], stdin).exit_code == 0
+    model = ["-m", str(tiny_xlmr), "-f", "jsonl", "-o", str(out)]
+    assert invoke([*args, *model, "--quiet"], stdin).exit_code == 0
     expected = jsonl(out.read_bytes())
     stop_after(out, source, task, LoaderConfig(model=str(tiny_xlmr)))
     with out.open("ab") as handle:  # half a record past the checkpoint: cut by the resume
@@ -181,6 +182,13 @@ def test_resume_with_the_same_input_equals_an_uninterrupted_run(tiny_xlmr: Path,
     resumed = invoke([*args, *model, "--resume"], stdin)
     assert resumed.exit_code == 0, resumed.output
     assert_same_records(jsonl(out.read_bytes()), expected)
+    # The summary counts this run's work on both sides, then the file's total.
+    summary = re.search(
+        r"resumed after line (\d+): read (\d+) more lines?, wrote (\d+) \w+ \((\d+) in ", resumed.stderr
+    )
+    assert summary, resumed.stderr
+    done, read, wrote, total = map(int, summary.groups())
+    assert total == len(expected) == done + read and wrote == read  # one record per input line here
     assert not Checkpoint.path_for(str(out)).exists()
 
 

@@ -169,6 +169,11 @@ def summarise(report: Report, config: LoaderConfig) -> None:
         return
     unit = report.unit if report.written != 1 else report.unit.removesuffix("s").replace("querie", "query")
     parts = [f"read {report.read} line{'s' if report.read != 1 else ''}", f"wrote {report.written} {unit}"]
+    if report.resumed_after:  # both sides count this run's work; the file's total follows
+        now = report.written - report.resumed_written
+        parts = [f"resumed after line {report.resumed_after}: read {report.read} more line{'s' if report.read != 1 else ''}",
+                 f"wrote {now} {unit if now != 1 else unit.removesuffix('s').replace('querie', 'query')} "
+                 f"({report.written} in {report.output})"]  # fmt: skip
     if report.skipped:
         parts.append(f"skipped {report.skipped}" + (f" (see {report.errors})" if report.errors else ""))
     if report.blank:

@@ -85,6 +85,7 @@ class Report:
     blank: int = 0
     written: int = 0
     resumed_after: int = 0  # input lines a resumed job found already done
+    resumed_written: int = 0  # records the output held from before the resume (counted in ``written``)
     last_line: int = 0  # every input line up to here is accounted for
     seconds: float = 0.0
     load_seconds: float = 0.0
@@ -151,6 +152,7 @@ def run(
     resume = resume_point(job.task, output, checkpoint) if checkpoint else None
     if checkpoint is not None:
         report.resumed_after, report.written = checkpoint.last_line, checkpoint.written
+        report.resumed_written = checkpoint.written
     with ExitStack() as stack:
         sinks = _Sinks(output, stream, stack, checkpoint)
         errors = sinks.errors
