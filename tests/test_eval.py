@@ -72,9 +72,13 @@ def beir_args(tiny: Path) -> list[str]:
 
 
 def test_eval_on_the_sample_collection_matches_ir_measures(tiny_xlmr: Path, tmp_path: Path):
-    result = runner.invoke(app, ["eval", *beir_args(tiny_xlmr), "--format", "json", "--per-query"])
+    result = runner.invoke(app, ["eval", *beir_args(tiny_xlmr), "--format", "json", "--per-query", "--quiet"])
     assert result.exit_code == 0, result.output
     report = orjson.loads(result.stdout)
+    made = report["model"]  # what made these figures, and that a stand-in's mean nothing, even with --quiet
+    assert made["name"] == str(tiny_xlmr) and made["random_weights"] is True and made["backend"] == "torch"
+    assert set(made) >= {"revision", "dtype", "device", "max_length"}
+    assert "stand-in model" in result.stderr and "RANDOM weights" in result.stderr
     assert report["queries"] == 8
     assert set(report["measures"]) == {"nDCG@10", "MRR@10", "Recall@10", "Recall@100", "MAP"}
     assert 0 <= report["top1_replacement_rate"] <= 1 and report["latency_ms_per_query"] > 0

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..config import LoaderConfig, ScoreOptions
@@ -18,6 +19,7 @@ from ..jobs import run as run_job
 from . import console
 from . import options as opt
 from .exits import reported_errors
+from .views import STAND_IN
 
 FIRST = "First stage and judgements"
 
@@ -96,7 +98,7 @@ def eval_(
         source = _first_stage(run, corpus, queries, candidates, depth)
         if candidates is not None and depth:
             task = RerankTask(task.options, depth=depth)
-        latency = None
+        latency, made_with = None, None
         if reranked is not None:
             before = run_from_items(read_all(source, task))
             after = read_ranked(reranked)
@@ -108,13 +110,27 @@ def eval_(
             results = report.rows or []
             latency = report.scoring_seconds / max(len(results), 1)
             before, after = first_stage_run(results), run_from_results(results)
+            made_with = _made_with(report.scorer, config)
+            if made_with["random_weights"]:  # said even with --quiet: these figures mean nothing
+                console.say(STAND_IN.format(model=escape(str(made_with["name"]))))
         summary = compare(judgements, before, after, latency, per_query)
+        if made_with is not None:
+            summary = {"model": made_with, **summary}
         if fmt == "json" or (fmt == "auto" and not sys.stdout.isatty()):
             sys.stdout.buffer.write(
                 orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
             )
         else:
             _render(summary, console.out_console())
+
+
+def _made_with(described: dict[str, Any], config: LoaderConfig) -> dict[str, Any]:
+    """What scored the run, for the report: model and revision, backend, device, dtype, max length, and
+    whether the weights are a random stand-in."""
+    fields = ("backend", "device", "dtype", "max_length", "template")
+    return {"name": described.get("model", config.model), "revision": config.revision,
+            **{k: described[k] for k in fields if k in described},
+            "random_weights": bool(described.get("random_weights"))}  # fmt: skip
 
 
 def _first_stage(
