@@ -157,3 +157,13 @@ def test_a_query_without_candidates_gets_an_empty_result_in_every_format(fmt: st
         assert [line.split()[0] for line in result.stdout.splitlines()] == ["2", "2"]  # nothing for qid 1
     else:
         assert "nothing found  (no candidates)" in result.stdout
+
+
+def test_each_command_offers_only_the_formats_it_writes():
+    """`score` writes no ranking, so its --help offers no trec and the parser refuses it (exit 2)."""
+    score_help = runner.invoke(app, ["score", "--help"], env={"COLUMNS": "200"}).stdout
+    rerank_help = runner.invoke(app, ["rerank", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "<auto|jsonl|table|chart|tsv>" in score_help and "trec" not in score_help
+    assert "<auto|jsonl|table|chart|tsv|trec>" in rerank_help
+    refused = runner.invoke(app, ["score", "-q", "q", "-p", "p", "-f", "trec"])
+    assert refused.exit_code == 2 and "'trec' is not one of" in refused.stderr

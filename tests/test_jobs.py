@@ -410,7 +410,7 @@ def test_ray_splits_lines_exactly_as_a_local_job():
 
 def test_help_lists_choices_and_keeps_install_hints():
     text = invoke(["score", "--help"]).stdout
-    for choices in ("<auto|jsonl|table|chart|tsv|trec>", "<truncate|chunk>", "<fail|skip>", "<local|ray>",
+    for choices in ("<auto|jsonl|table|chart|tsv>", "<truncate|chunk>", "<fail|skip>", "<local|ray>",
                     "<auto|fp32|fp16|bf16>", "<auto|torch|onnx>", "<none|int8>", "[auto|cpu|cuda|cuda:N|mps]"):  # fmt: skip
         assert choices in text, choices
     assert "pip install 'bge-rerank-cli[ray]'" in text and "pip install 'bge-rerank-cli[onnx]'" in text

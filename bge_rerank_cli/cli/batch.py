@@ -80,11 +80,17 @@ def _batch_options(
     return BatchOptions(ScoreOptions(long_docs, chunk_overlap, max_chunks), flags, ray)
 
 
-def batch_options() -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Give `score` and `rerank` their shared options, declared once, as ``batch: BatchOptions``."""
+def batch_options(*, ranked: bool = True) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Give `score` and `rerank` their shared options, declared once, as ``batch: BatchOptions``;
+    ``ranked=False`` (`score`) offers the formats without ``trec``."""
+    fmt: opt.Parameter = (
+        ("fmt", opt.FormatOption, opt.Format.AUTO)
+        if ranked
+        else ("fmt", opt.ScoreFormatOption, opt.ScoreFormat.AUTO)
+    )
     parameters: list[opt.Parameter] = [
         *opt.LONG_DOCS_PARAMETERS,
-        ("fmt", opt.FormatOption, opt.Format.AUTO),
+        fmt,
         ("output", opt.Output, None),
         ("on_error", opt.OnErrorOption, OnError.FAIL),
         ("errors", opt.ErrorsFile, None),

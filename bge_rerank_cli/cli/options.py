@@ -37,7 +37,8 @@ T = TypeVar("T")
 
 
 class Format(Choice):
-    """How results are shown: ``auto`` is a table on a terminal and JSONL when piped or written to a file."""
+    """How ranked results are shown: ``auto`` is a table on a terminal and JSONL when piped or written to
+    a file."""
 
     AUTO = "auto"
     JSONL = "jsonl"
@@ -45,6 +46,16 @@ class Format(Choice):
     CHART = "chart"
     TSV = "tsv"
     TREC = "trec"
+
+
+class ScoreFormat(Choice):
+    """How pair scores are shown: :class:`Format` without ``trec`` (pair scores are not a ranking)."""
+
+    AUTO = "auto"
+    JSONL = "jsonl"
+    TABLE = "table"
+    CHART = "chart"
+    TSV = "tsv"
 
 
 class ReportFormat(Choice):
@@ -188,7 +199,17 @@ FormatOption = Annotated[
         "-f",
         envvar="BGE_RERANK_FORMAT",
         help="auto: a table on a terminal, JSONL when piped. chart: score bars. "
-        "trec: qid Q0 docid rank score tag (rerank only).",
+        "trec: qid Q0 docid rank score tag.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+ScoreFormatOption = Annotated[
+    ScoreFormat,
+    typer.Option(
+        "--format",
+        "-f",
+        envvar="BGE_RERANK_FORMAT",
+        help="auto: a table on a terminal, JSONL when piped. chart: score bars.",
         rich_help_panel=OUTPUT,
     ),
 ]

@@ -18,7 +18,7 @@ from .views import render_score_table
 
 
 @opt.loader_options()
-@batch_options()
+@batch_options(ranked=False)
 def score(
     config: LoaderConfig,
     batch: BatchOptions,
