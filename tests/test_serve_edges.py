@@ -413,6 +413,15 @@ def test_ready_answers_a_probe_without_the_key_with_its_status_alone(edge: Serve
     assert httpx.get(edge.url + "/metrics", timeout=10).status_code == 401
 
 
+def test_info_says_what_answers(edge: Server, tiny_xlmr: Path):
+    info = edge.get("/info")
+    assert info.status_code == 200
+    body = info.json()
+    assert body["model"] == str(tiny_xlmr) and body["random_weights"] is True and body["revision"] is None
+    assert {"backend", "device", "dtype", "max_length", "version"} <= set(body)
+    assert httpx.get(edge.url + "/info", timeout=10).status_code == 401  # not for probes: it needs the key
+
+
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
 def test_the_bearer_scheme_is_matched_in_any_case(edge: Server, scheme: str):
     response = httpx.post(edge.url + "/v2/rerank", json={"query": "q", "documents": ["a"]}, timeout=60,

@@ -45,6 +45,7 @@ ROUTES = (
     "/score",
     "/health",
     "/ready",
+    "/info",
     "/metrics",
     "/docs",
     "/openapi.json",
@@ -140,6 +141,13 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics, drain: Drain) -> Non
         if engine.ready:
             return JSONResponse({"status": state, "model": engine.model, **engine.describe()})
         return JSONResponse({"status": state, "model": engine.model}, 503)
+
+    @app.get("/info", summary="What answers: model, revision, backend, device, dtype, random weights")
+    async def info() -> JSONResponse:
+        if not engine.ready:
+            raise NotReady("the model is still loading; see GET /ready.")
+        return JSONResponse({"model": engine.model, "revision": engine.config.revision, **engine.describe(),
+                             "version": __version__})  # fmt: skip
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
