@@ -168,7 +168,7 @@ def test_rerank_summary_reports_top1_replacement_and_latency(tiny_xlmr: Path):
         (["eval", "--qrels", str(BEIR / "qrels" / "test.tsv")], "give the first stage"),
         (["eval", "--beir", str(SAMPLES)], "missing corpus.jsonl"),
         (["rerank", "--run", str(RUN)], "--run needs --corpus and --queries"),
-        (["score", "-q", "a", "-p", "b", "-f", "trec"], "--format trec is for ranked output"),
+        (["score", "-q", "a", "-p", "b", "-f", "trec"], "--format: 'trec' is not one of"),
     ],
 )
 def test_eval_usage_errors(args: list[str], message: str):

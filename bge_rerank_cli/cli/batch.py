@@ -173,13 +173,11 @@ def summarise(report: Report, config: LoaderConfig) -> None:
         lines = f" ({report.read} blank lines)" if report.read else ""
         term.say(f"[yellow]warning:[/] no records in the input{lines}; nothing to do.")
         return
-    unit = report.unit if report.written != 1 else report.unit.removesuffix("s").replace("querie", "query")
-    parts = [f"read {report.read} line{'s' if report.read != 1 else ''}", f"wrote {report.written} {unit}"]
+    parts = [f"read {_counted(report.read, 'lines')}", f"wrote {_counted(report.written, report.unit)}"]
     if report.resumed_after:  # both sides count this run's work; the file's total follows
-        now = report.written - report.resumed_written
-        parts = [f"resumed after line {report.resumed_after}: read {report.read} more line{'s' if report.read != 1 else ''}",
-                 f"wrote {now} {unit if now != 1 else unit.removesuffix('s').replace('querie', 'query')} "
-                 f"({report.written} in {report.output})"]  # fmt: skip
+        now = _counted(report.written - report.resumed_written, report.unit)
+        parts = [f"resumed after line {report.resumed_after}: read {_counted(report.read, 'more lines')}",
+                 f"wrote {now} ({report.written} in {report.output})"]  # fmt: skip
     if report.skipped:
         parts.append(f"skipped {report.skipped}" + (f" (see {report.errors})" if report.errors else ""))
     if report.blank:
@@ -187,9 +185,7 @@ def summarise(report: Report, config: LoaderConfig) -> None:
     line = ", ".join(parts) + f" in {report.seconds:.1f}s"
     stats = report.stats
     if stats.pairs:
-        line += (
-            f"; {stats.pairs} pair{'s' if stats.pairs != 1 else ''} scored at {report.pairs_per_second:.1f}/s"
-        )
+        line += f"; {_counted(stats.pairs, 'pairs')} scored at {report.pairs_per_second:.1f}/s"
         if stats.unique_pairs < stats.pairs:
             line += f", {stats.pairs - stats.unique_pairs} duplicates scored once"
         if stats.windowed:
@@ -207,6 +203,11 @@ def summarise(report: Report, config: LoaderConfig) -> None:
         term.say(truncation_advice(report))
     if report.scorer.get("random_weights"):
         term.say(STAND_IN.format(model=escape(str(report.scorer.get("model")))))
+
+
+def _counted(n: int, unit: str) -> str:
+    """``n`` and its unit, singular for 1 (``lines``/``line``, ``records``/``record``, ``queries``/``query``)."""
+    return f"{n} {unit if n != 1 else unit.removesuffix('s').replace('querie', 'query')}"
 
 
 def truncation_advice(report: Report) -> str:
