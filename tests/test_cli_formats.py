@@ -167,3 +167,26 @@ def test_each_command_offers_only_the_formats_it_writes():
     assert "<auto|jsonl|table|chart|tsv|trec>" in rerank_help
     refused = runner.invoke(app, ["score", "-q", "q", "-p", "p", "-f", "trec"])
     assert refused.exit_code == 2 and "'trec' is not one of" in refused.stderr
+
+
+def test_shell_completion_completes_commands_and_choices():
+    """`--show-completion` prints a script; completing asks the CLI itself, which answers from its options."""
+    import os
+    import subprocess
+    import sys
+
+    script = subprocess.run([sys.executable, "-m", "bge_rerank_cli", "--show-completion", "bash"],
+                            capture_output=True, timeout=60)  # fmt: skip
+    assert script.returncode == 0 and b"_BGE_RERANK_COMPLETE" in script.stdout
+
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_BGE_RERANK_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "bge_rerank_cli"], capture_output=True, env=env, timeout=60
+        )
+        return result.stdout.decode().split()
+
+    assert complete("bge-rerank sc") == ["score"]
+    assert complete("bge-rerank score --format ") == ["auto", "jsonl", "table", "chart", "tsv"]
+    assert "trec" in complete("bge-rerank rerank --format ")

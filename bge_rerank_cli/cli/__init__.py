@@ -41,7 +41,7 @@ app = typer.Typer(
     "Reads JSONL from a file or stdin; writes JSONL when piped and a table on a terminal.",
     cls=Group,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion and --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: `[onnx]` in an install hint is text, not markup
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -73,4 +73,4 @@ app.command()(serve)
 
 
 def main() -> None:
-    app()
+    app(prog_name="bge-rerank")  # the same name (usage lines, completion) under `python -m bge_rerank_cli`
