@@ -162,8 +162,11 @@ class Batcher:
     def release(self, admission: Admission) -> None:
         """Give back an admission that will not be submitted (the caller gave up or its input failed)."""
         with self._cond:
-            if not admission.open:
-                return
+            self._give_back(admission)
+
+    def _give_back(self, admission: Admission) -> None:
+        """The admission's pairs leave the bound (called locked; a no-op once used or released)."""
+        if admission.open:
             admission.open = False
             self._pending -= admission.pairs
             self.observer.queue_depth(self._pending)
@@ -181,8 +184,7 @@ class Batcher:
             if not admission.open:
                 raise RuntimeError("this admission was already used or released")
             if self._closing:
-                admission.open = False
-                self._pending -= admission.pairs
+                self._give_back(admission)
                 raise RuntimeError("the batcher is closed")
             admission.open = False  # its pairs now count through the ticket
             self._queue.append(ticket)
