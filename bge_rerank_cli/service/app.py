@@ -345,13 +345,12 @@ class Gate:
         started = time.perf_counter()
         path = scope.get("path", "")
         route = path if path in ROUTES else "other"
-        status = {"code": 500}
         headers = dict(scope.get("headers") or [])
         incoming = headers.get(b"x-request-id", b"")
         rid = incoming.decode() if _REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
         authorized = self._authorized(headers)
         scope.setdefault("state", {}).update(request_id=rid, authorized=authorized)
-        sending = _Replier(send, rid, status)
+        sending = _Replier(send, rid)
         try:
             if not authorized and path not in OPEN_ROUTES and not self._preflight(scope, headers):
                 # Its body is not read: the connection closes after the answer, so none is left on it.
@@ -372,10 +371,10 @@ class Gate:
         finally:
             seconds = time.perf_counter() - started
             # Answered below the app (a deadline's 408), or not at all: the client left first (499).
-            status["code"] = scope["state"].get("answered") or (status["code"] if sending.started else 499)
-            self.metrics.requests.labels(route, str(status["code"])).inc()
+            status = scope["state"].get("answered") or (sending.status if sending.started else 499)
+            self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
-            self._access(scope, status["code"], seconds, rid)
+            self._access(scope, status, seconds, rid)
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         if self.key is None:
@@ -460,10 +459,10 @@ class _Replier:
     """The gate's ``send``: adds X-Request-ID, records the status, and turns an error answer that is not
     JSON (a middleware's plain-text 400, say) into the service's JSON error shape."""
 
-    def __init__(self, send: Any, rid: str, status: dict[str, int]) -> None:
+    def __init__(self, send: Any, rid: str) -> None:
         self.send = send
         self.rid = rid
-        self.status = status
+        self.status = 500  # the status sent (500 until a response starts)
         self.started = False
         self._held: dict[str, Any] | None = None
         self._text = b""
@@ -471,7 +470,7 @@ class _Replier:
     async def __call__(self, message: Any) -> None:
         if message["type"] == "http.response.start":
             self.started = True
-            self.status["code"] = message["status"]
+            self.status = message["status"]
             headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
             message = {**message, "headers": [*headers, (b"x-request-id", self.rid.encode())]}
             content_type = dict((k.lower(), v) for k, v in headers).get(b"content-type", b"")
