@@ -181,12 +181,6 @@ def skip_done(
     return resume.skip_done(entries, line_of, item_of)
 
 
-def truncate_to(path: str, size: int) -> None:
-    """Cut a file back to ``size`` bytes: drops whatever was written after the last checkpoint."""
-    with open(path, "r+b") as handle:
-        handle.truncate(size)
-
-
 def last_jsonl_record(path: str, end: int | None = None) -> dict[str, Any] | None:
     """The last complete JSON line of a file's first ``end`` bytes (default: all), read backwards."""
     with open(path, "rb") as handle:
