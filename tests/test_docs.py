@@ -63,3 +63,29 @@ def test_every_option_has_help_and_usage_lines_read():
     assert undocumented == []
     reference = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
     assert "[[" not in reference and "Usage: bge-rerank score [OPTIONS] [INPUT]" in reference
+
+
+def test_help_groups_options_into_sections():
+    """`score --help` lists its options in plain-text sections, input first and --help last, and every
+    option of every command sits in exactly one section."""
+    import re as _re
+
+    import typer.main
+    from typer.testing import CliRunner
+
+    from bge_rerank_cli.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["score", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    titles = _re.findall(r"^([A-Z][\w ()-]*):$", result.output, flags=_re.M)
+    assert titles[:2] == ["Arguments", "Input"] and titles[-1] == "Options"
+    assert titles.index("Model") < titles.index("Speed") < titles.index("Output") < titles.index("Long jobs")
+    assert "│" not in result.output and "╭" not in result.output  # plain text: copyable
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        text = runner.invoke(app, [name, "--help"], env={"COLUMNS": "200"}).output
+        for param in command.params:
+            if getattr(param, "param_type_name", "") == "option" and not param.hidden:
+                flag = max(param.opts, key=len)
+                assert _re.search(_re.escape(flag) + r"[ \n]", text), (name, flag)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import typer
@@ -12,9 +13,12 @@ from .demo import demo
 from .doctor import doctor
 from .eval import eval_
 from .exits import Group
+from .helpformat import PanelCommand
 from .rerank import rerank
 from .score import score
 from .serve import serve
+
+_UNBROKEN = re.compile(r"(pip install '[^']*'|\s+)")
 
 
 def _wrap_help_at_spaces_only() -> None:
@@ -29,6 +33,10 @@ def _wrap_help_at_spaces_only() -> None:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["break_on_hyphens"] = False
             super().__init__(*args, **kwargs)
+
+        def _split(self, text: str) -> list[str]:
+            # An install hint stays on one line: `pip install 'bge-rerank-cli[onnx]'` is one chunk.
+            return [chunk for chunk in _UNBROKEN.split(text) if chunk]
 
     _textwrap.TextWrapper = Wrapper  # type: ignore[misc]
 
@@ -63,13 +71,13 @@ def _root(
     """Rerank retrieval candidates with a cross-encoder (default BAAI/bge-reranker-v2-m3)."""
 
 
-app.command()(score)
-app.command()(rerank)
-app.command()(demo)
-app.command()(doctor)
-app.command(name="eval")(eval_)
-app.command()(bench)
-app.command()(serve)
+app.command(cls=PanelCommand)(score)
+app.command(cls=PanelCommand)(rerank)
+app.command(cls=PanelCommand)(demo)
+app.command(cls=PanelCommand)(doctor)
+app.command(name="eval", cls=PanelCommand)(eval_)
+app.command(cls=PanelCommand)(bench)
+app.command(cls=PanelCommand)(serve)
 
 
 def main() -> None:

@@ -84,7 +84,9 @@ def _device(value: str) -> str:
     return value
 
 
+INPUT = "Input"  # the section helpformat lists first
 LOADER = "Model"
+SPEED = "Speed"
 OUTPUT = "Output"
 
 Model = Annotated[
@@ -106,7 +108,7 @@ Device = Annotated[
         parser=_device,
         metavar="[auto|cpu|cuda|cuda:N|mps]",
         help="auto: CUDA, then MPS, then CPU.",
-        rich_help_panel=LOADER,
+        rich_help_panel=SPEED,
     ),
 ]
 Fp16 = Annotated[
@@ -116,7 +118,7 @@ Fp16 = Annotated[
         envvar="BGE_RERANK_FP16",
         show_default="on for CUDA, off elsewhere",
         help="Half precision. Shorthand for --dtype fp16 / fp32. On the CPU it warns and runs fp32.",
-        rich_help_panel=LOADER,
+        rich_help_panel=SPEED,
     ),
 ]
 DtypeOption = Annotated[
@@ -125,7 +127,7 @@ DtypeOption = Annotated[
         envvar="BGE_RERANK_DTYPE",
         help="auto: fp16 on CUDA, fp32 elsewhere. "
         "bf16 on the CPU is an explicit opt-in: faster on CPUs with BF16 support, scores shift slightly.",
-        rich_help_panel=LOADER,
+        rich_help_panel=SPEED,
     ),
 ]
 MaxLength = Annotated[
@@ -143,7 +145,7 @@ BatchSize = Annotated[
         envvar="BGE_RERANK_BATCH_SIZE",
         help="Sets the batch token budget: batch size x --max-length padded tokens per forward pass. "
         "Pairs are sorted by length, so short pairs share big batches and long pairs small ones.",
-        rich_help_panel=LOADER,
+        rich_help_panel=SPEED,
     ),
 ]
 BatchTokens = Annotated[
@@ -152,7 +154,7 @@ BatchTokens = Annotated[
         envvar="BGE_RERANK_BATCH_TOKENS",
         help="Padded tokens per forward pass, overriding --batch-size x --max-length. "
         "On CUDA a batch that runs out of memory is split and retried.",
-        rich_help_panel=LOADER,
+        rich_help_panel=SPEED,
     ),
 ]
 Offline = Annotated[
@@ -328,17 +330,16 @@ BackendOption = Annotated[
         help="auto: the backend `bge-rerank bench --recommend` measured fastest for this model on this CPU, "
         "else torch. onnx: export the model once to ONNX (cached under ~/.cache/bge-rerank) and run it with "
         "onnxruntime, without importing torch. Needs pip install 'bge-rerank-cli[onnx]'.",
-        rich_help_panel=LOADER,
+        rich_help_panel=SPEED,
     ),
 ]
 QuantizeOption = Annotated[
     Quantize,
     typer.Option(
         envvar="BGE_RERANK_QUANTIZE",
-        help="int8 (runs on --backend onnx; auto picks it): dynamic int8 weights, the fastest CPU path; an explicit "
-        "opt-in, since scores shift (by up to ~0.01 on random weights; real-weight ranking quality is not "
-        "measured by us: check yours with bge-rerank eval and bge-rerank bench).",
-        rich_help_panel=LOADER,
+        help="int8 (runs on --backend onnx): dynamic int8 weights, the fastest CPU path. An explicit opt-in: "
+        "scores shift (up to ~0.01 on random weights), so check your ranking with bge-rerank eval.",
+        rich_help_panel=SPEED,
     ),
 ]
 
@@ -369,7 +370,7 @@ PrefixReuse = Annotated[
         envvar="BGE_RERANK_PREFIX_REUSE",
         help="Decoder rerankers on torch: compute the prompt part before the passage (instruction and "
         "query) once per query and reuse it for each of its passages. Same scores.",
-        rich_help_panel=LOADER,
+        rich_help_panel=SPEED,
     ),
 ]
 

@@ -33,15 +33,29 @@ def rerank(
         ),
     ] = None,
     query: Annotated[
-        str | None, typer.Option("--query", "-q", metavar="TEXT", help="Rerank for this query inline.")
+        str | None,
+        typer.Option(
+            "--query", "-q", metavar="TEXT", help="Rerank for this query inline.", rich_help_panel=opt.INPUT
+        ),
     ] = None,
     doc: Annotated[
         list[str] | None,
-        typer.Option("--doc", "-d", metavar="TEXT", help="A candidate for --query (repeatable)."),
+        typer.Option(
+            "--doc",
+            "-d",
+            metavar="TEXT",
+            help="A candidate for --query (repeatable).",
+            rich_help_panel=opt.INPUT,
+        ),
     ] = None,
     docs_file: Annotated[
         str | None,
-        typer.Option("--docs-file", metavar="FILE", help="Candidates for --query, one passage per line."),
+        typer.Option(
+            "--docs-file",
+            metavar="FILE",
+            help="Candidates for --query, one passage per line.",
+            rich_help_panel=opt.INPUT,
+        ),
     ] = None,
     run: Annotated[
         str | None,

@@ -31,11 +31,20 @@ def score(
         ),
     ] = None,
     query: Annotated[
-        str | None, typer.Option("--query", "-q", metavar="TEXT", help="Score this query inline.")
+        str | None,
+        typer.Option(
+            "--query", "-q", metavar="TEXT", help="Score this query inline.", rich_help_panel=opt.INPUT
+        ),
     ] = None,
     passage: Annotated[
         list[str] | None,
-        typer.Option("--passage", "-p", metavar="TEXT", help="A passage for --query (repeatable)."),
+        typer.Option(
+            "--passage",
+            "-p",
+            metavar="TEXT",
+            help="A passage for --query (repeatable).",
+            rich_help_panel=opt.INPUT,
+        ),
     ] = None,
 ) -> None:
     """Score (query, passage) pairs.

@@ -57,11 +57,20 @@ def serve(
     max_docs: Annotated[
         int,
         typer.Option(
-            envvar="BGE_RERANK_MAX_DOCS", min=1, help="Documents (or pairs) per request; more: 413."
+            envvar="BGE_RERANK_MAX_DOCS",
+            min=1,
+            help="Documents (or pairs) per request; more: 413.",
+            rich_help_panel=LIMITS,
         ),
     ] = 1000,
     max_body_bytes: Annotated[
-        int, typer.Option(envvar="BGE_RERANK_MAX_BODY_BYTES", min=1, help="Request body size; more: 413.")
+        int,
+        typer.Option(
+            envvar="BGE_RERANK_MAX_BODY_BYTES",
+            min=1,
+            help="Request body size; more: 413.",
+            rich_help_panel=LIMITS,
+        ),
     ] = 10 * 2**20,
     max_queue: Annotated[
         int,
@@ -69,12 +78,16 @@ def serve(
             envvar="BGE_RERANK_MAX_QUEUE",
             min=1,
             help="Pairs waiting for the model; past it: 429 with Retry-After.",
+            rich_help_panel=LIMITS,
         ),
     ] = 10_000,
     timeout: Annotated[
         float,
         typer.Option(
-            envvar="BGE_RERANK_TIMEOUT", min=0.001, help="Seconds a request may wait and run; then 503."
+            envvar="BGE_RERANK_TIMEOUT",
+            min=0.001,
+            help="Seconds a request may wait and run; then 503.",
+            rich_help_panel=LIMITS,
         ),
     ] = 60.0,
     gather_ms: Annotated[
@@ -83,6 +96,7 @@ def serve(
             envvar="BGE_RERANK_GATHER_MS",
             min=0.0,
             help="How long the model worker waits for other requests to share a forward pass.",
+            rich_help_panel=SERVICE,
         ),
     ] = 5.0,
     drain_seconds: Annotated[
@@ -91,6 +105,7 @@ def serve(
             envvar="BGE_RERANK_DRAIN_SECONDS",
             min=0.0,
             help="On SIGTERM/SIGINT: stop accepting, finish requests in flight for at most this long.",
+            rich_help_panel=SERVICE,
         ),
     ] = 30.0,
     header_timeout: Annotated[
@@ -126,11 +141,16 @@ def serve(
             "--cors-origin",
             metavar="ORIGIN",
             help="Allow browser calls from this origin (repeatable). Off by default.",
+            rich_help_panel=SERVICE,
         ),
     ] = None,
     log_format: Annotated[
         LogFormat,
-        typer.Option(envvar="BGE_RERANK_LOG_FORMAT", help="Access log on stderr: one line per request."),
+        typer.Option(
+            envvar="BGE_RERANK_LOG_FORMAT",
+            help="Access log on stderr: one line per request.",
+            rich_help_panel=SERVICE,
+        ),
     ] = LogFormat.TEXT,
 ) -> None:
     """Serve the reranker over HTTP: Cohere v2 (POST /v2/rerank), Jina/vLLM (POST /v1/rerank), TEI (POST /rerank) and pair scores (POST /score), with /health, /ready, /metrics (Prometheus) and the OpenAPI page (/docs).
