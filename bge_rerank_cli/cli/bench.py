@@ -68,6 +68,14 @@ def bench(
             "the setups (the default CPU set has them). int8 is reported, never chosen.",
         ),
     ] = False,
+    plot: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="Also draw pairs/s and latency p50/p95 of each setup as a picture: FILE.png or FILE.svg. "
+            "Needs pip install 'bge-rerank-cli[plot]'.",
+        ),
+    ] = None,
     fmt: opt.ReportFormatOption = opt.ReportFormat.AUTO,
 ) -> None:
     """Measure pairs/s, latency p50/p95 and peak memory of each precision and backend, side by side.
@@ -86,6 +94,10 @@ def bench(
     from ..ceilings import best_of, isa_flags, read_shape
 
     with reported_errors():
+        if plot is not None:
+            from ..plots import plot_format
+
+            plot_format(plot)  # a wrong suffix or no matplotlib fails now, not after the measuring
         as_json = opt.wants_json(fmt)
         from ..backends.torch_scorer import resolve_device
 
@@ -108,6 +120,7 @@ def bench(
         results = with_ceilings(results, shape, measured)
         header = {
             "model": config.model,
+            "random_weights": _random_weights(config),
             "device": where,
             "machine": machine(),
             "isa": isa_flags(),
@@ -119,6 +132,8 @@ def bench(
         }
         if recommend:
             header["recommendation"] = _recommend(config, results)
+        if plot is not None:
+            _draw(header, results, plot)
         if as_json:
             rows = [{k: v for k, v in asdict(r).items() if k != "scores"} for r in results]
             sys.stdout.buffer.write(
@@ -145,6 +160,27 @@ def _recommend(config: LoaderConfig, results: list[Measurement]) -> dict[str, An
     stored = save(config, chosen)
     err_console.print(escape(stored.summary()), highlight=False)
     return asdict(stored)
+
+
+def _random_weights(config: LoaderConfig) -> bool:
+    """Whether the model is a random-weight stand-in (``tools/random_model.py`` marks its config.json):
+    its speed is real, its scores are not."""
+    from ..hub import model_folder
+
+    folder = model_folder(config.model, config.revision, config.cache_dir)
+    try:
+        found = orjson.loads((folder / "config.json").read_bytes()) if folder else {}
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    return isinstance(found, dict) and bool(found.get("bge_rerank_random_weights"))
+
+
+def _draw(header: dict[str, Any], results: list[Measurement], path: str) -> None:
+    from ..plots import draw_bench
+
+    written = draw_bench(results, path, model=header["model"], device=header["device"],
+                         requests=header["requests"], random_weights=header["random_weights"])  # fmt: skip
+    err_console.print(f"plot written to {escape(str(written))}", highlight=False)
 
 
 def _status(text: str) -> contextlib.AbstractContextManager[object]:

@@ -16,10 +16,11 @@ from ..errors import UsageError
 from ..ir import compare, first_stage_run, read_qrels, read_ranked, run_from_items, run_from_results
 from ..jobs import Job, JsonlSource, Output, RerankTask, Source, TrecSource, beir_paths, read_all
 from ..jobs import run as run_job
+from ..plots import QueryChange, draw_eval, plot_format, query_changes
 from . import console
 from . import options as opt
 from .exits import reported_errors
-from .views import STAND_IN
+from .views import STAND_IN, render_query_changes
 
 FIRST = "First stage and judgements"
 
@@ -73,8 +74,20 @@ def eval_(
         ),
     ] = None,
     per_query: Annotated[
-        bool, typer.Option("--per-query", help="Show each query's before/after values.")
+        bool,
+        typer.Option(
+            "--per-query",
+            help="Show each query's before/after values (in JSON: per_query, with top1_replaced).",
+        ),
     ] = False,
+    plot: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="Also draw each query's nDCG@10 before and after as a picture: FILE.png or FILE.svg. "
+            "Needs pip install 'bge-rerank-cli[plot]'.",
+        ),
+    ] = None,
     fmt: opt.ReportFormatOption = opt.ReportFormat.AUTO,
     quiet: opt.Quiet = False,
 ) -> None:
@@ -86,8 +99,11 @@ def eval_(
     Examples:
       bge-rerank eval --beir sample_data/beir-sample --run sample_data/beir-sample/bm25.run
       bge-rerank eval --qrels qrels.txt --run bm25.run --corpus corpus.jsonl --queries queries.jsonl --per-query
+      bge-rerank eval --beir sample_data/beir-sample --run sample_data/beir-sample/bm25.run --plot eval.svg
     """
     with reported_errors():
+        if plot is not None:
+            plot_format(plot)  # a wrong suffix or no matplotlib fails now, not after the scoring
         task = RerankTask(options)
         if beir:
             paths = [str(p) for p in beir_paths(beir, split)]
@@ -113,15 +129,34 @@ def eval_(
             made_with = _made_with(report.scorer, config)
             if made_with["random_weights"]:  # said even with --quiet: these figures mean nothing
                 console.say(STAND_IN.format(model=escape(str(made_with["name"]))))
-        summary = compare(judgements, before, after, latency, per_query)
+        summary = compare(judgements, before, after, latency, per_query=True)
+        changes = query_changes(summary["per_query"], before, after)
+        if per_query:
+            replaced = {c.qid: c.top1_replaced for c in changes}
+            for qid, values in summary["per_query"].items():
+                values["top1_replaced"] = replaced[qid]
+        else:
+            del summary["per_query"]
         if made_with is not None:
             summary = {"model": made_with, **summary}
+        if plot is not None:
+            _draw(changes, plot, made_with, reranked, quiet)
         if fmt == "json" or (fmt == "auto" and not sys.stdout.isatty()):
             sys.stdout.buffer.write(
                 orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
             )
         else:
-            _render(summary, console.out_console())
+            _render(summary, changes, console.out_console())
+
+
+def _draw(
+    changes: list[QueryChange], path: str, made_with: dict[str, Any] | None, reranked: str | None, quiet: bool
+) -> None:
+    made_by = f"model {made_with['name']}" if made_with is not None else f"reranked run {reranked}"
+    random = bool(made_with and made_with["random_weights"])
+    written = draw_eval(changes, path, made_by=made_by, random_weights=random)
+    if not quiet:
+        console.say(f"plot written to {escape(str(written))}")
 
 
 def _made_with(described: dict[str, Any], config: LoaderConfig) -> dict[str, Any]:
@@ -147,7 +182,7 @@ def _first_stage(
     raise UsageError("give the first stage: --run (with --corpus/--queries or --beir) or --candidates.")
 
 
-def _render(report: dict[str, Any], console: Console) -> None:
+def _render(report: dict[str, Any], changes: list[QueryChange], console: Console) -> None:
     table = Table(title=f"reranking on {report['queries']} judged queries", title_justify="left")
     table.add_column("measure")
     table.add_column("before", justify="right")
@@ -164,6 +199,8 @@ def _render(report: dict[str, Any], console: Console) -> None:
         f"{report['queries']}); mean |rank shift| {report['mean_abs_rank_shift']:.2f}"
         + (f"; latency {latency:.0f} ms/query" if latency is not None else "")
     )
+    console.print()
+    render_query_changes(changes, console)
     if "per_query" in report:
         detail = Table(title="per query: nDCG@10 and MRR@10", title_justify="left")
         for col in ("query", "nDCG@10 before", "after", "Δ", "MRR@10 before", "after", "Δ"):

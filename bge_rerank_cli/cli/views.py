@@ -5,12 +5,17 @@ User text is escaped so ``[brackets]`` in passages are shown, not parsed as mark
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..records import RerankResult, Scored, ScoreItem
+
+if TYPE_CHECKING:
+    from ..plots import QueryChange
 
 TEXT_WIDTH = 120  # characters of passage text shown in tables
 STAND_IN = (
@@ -142,3 +147,77 @@ def render_rerank_chart(result: RerankResult, console: Any) -> None:
             f"{doc.rank:>4} [green]{bar(doc.score)}[/] {doc.score:.4f} {arrow} " + _label(doc),
             doc.text,
         )
+
+
+def render_query_changes(
+    changes: Sequence[QueryChange], console: Any, measure: str = "nDCG@10", limit: int = 20
+) -> None:
+    """One line per query, most improved first: its id, ``measure`` before → after, the change, and an
+    arrow on a 0..1 axis from the value before (○) to the value after (green better, red worse), marked
+    ``new top-1`` where reranking replaced the first result. Past ``limit`` queries only the most changed
+    are shown and a line says how many are not. Fits the console's width (80 columns and up)."""
+    from rich.cells import cell_len
+
+    from ..plots import most_changed
+
+    head, tail, hidden = most_changed(changes, limit)
+    better, worse = sum(c.direction > 0 for c in changes), sum(c.direction < 0 for c in changes)
+    console.print(
+        f"[bold]{measure} per query, before → after[/] [dim]({better} better, {worse} worse, "
+        f"{len(changes) - better - worse} the same of {len(changes)})[/]",
+        no_wrap=True,
+        overflow="ellipsis",
+    )
+    width = max(console.width, 60)
+    qid_cells = min(max((cell_len(c.qid) for c in head + tail), default=5), max(8, width // 5))
+    qid_cells = max(qid_cells, 5)
+    marker = "new top-1"
+    track = max(10, min(60, width - qid_cells - 35))  # 35: the values, the change, the marker, the blanks
+    axis = "0" + "0.5".center(track - 2) + "1"  # over the first and the last cell of the track
+    console.print(
+        Text(f"{'query':<{qid_cells}} {'before → after':>13} {'Δ':>6}  {axis}", style="dim"),
+        no_wrap=True,
+        overflow="crop",
+    )
+    for change in head:
+        console.print(_change_line(change, qid_cells, track, marker), no_wrap=True, overflow="crop")
+    if hidden:
+        low, high = hidden[-1].delta, hidden[0].delta
+        console.print(
+            f"[dim]{'':<{qid_cells}} … {len(hidden)} more, Δ {low:+.3f} to {high:+.3f} (--per-query lists all)[/]",
+            no_wrap=True,
+            overflow="ellipsis",
+        )
+    for change in tail:
+        console.print(_change_line(change, qid_cells, track, marker), no_wrap=True, overflow="crop")
+    console.print(
+        f"[dim]○ before, ▸ or ◂ after (0..1 axis) · {marker}: the first result was replaced[/]",
+        no_wrap=True,
+        overflow="ellipsis",
+    )
+
+
+def _change_line(change: QueryChange, qid_cells: int, track: int, marker: str) -> Text:
+    from rich.cells import cell_len, set_cell_size
+
+    qid = change.qid if cell_len(change.qid) <= qid_cells else set_cell_size(change.qid, qid_cells - 1) + "…"
+    colour = {1: "green", -1: "red", 0: "dim"}[change.direction]
+    line = Text(set_cell_size(qid, qid_cells) + " ")
+    line.append(f"{change.before:.3f} → {change.after:.3f} ")
+    line.append(f"{change.delta:+.3f}" if change.direction else f"{'=':>6}", style=colour)
+    line.append(" │")
+    start, end = (round(min(max(v, 0.0), 1.0) * (track - 1)) for v in (change.before, change.after))
+    cells = [" "] * track
+    if start == end:
+        cells[end] = "●"
+    else:
+        low, high = sorted((start, end))
+        cells[low : high + 1] = ["━"] * (high - low + 1)
+        cells[start], cells[end] = "○", "▸" if end > start else "◂"
+    first, last = min(start, end), max(start, end)
+    line.append("".join(cells[:first]))
+    line.append("".join(cells[first : last + 1]), style=colour)
+    line.append("".join(cells[last + 1 :]) + "│")
+    if change.top1_replaced:
+        line.append(" " + marker, style="bold yellow")
+    return line
