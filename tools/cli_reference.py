@@ -11,7 +11,17 @@ import sys
 from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
-COMMANDS: list[list[str]] = [[], ["score"], ["rerank"], ["eval"], ["demo"], ["doctor"], ["bench"], ["serve"]]
+COMMANDS: list[list[str]] = [
+    [],
+    ["score"],
+    ["rerank"],
+    ["eval"],
+    ["demo"],
+    ["doctor"],
+    ["bench"],
+    ["serve"],
+    ["download"],
+]
 HEADER = (
     "# CLI reference\n\n"
     "Generated from each command's `--help` by `python -m tools.cli_reference`; a test fails when it is "

@@ -11,6 +11,7 @@ from .. import __version__
 from .bench import bench
 from .demo import demo
 from .doctor import doctor
+from .download import download
 from .eval import eval_
 from .exits import Group
 from .helpformat import PanelCommand
@@ -78,6 +79,7 @@ app.command(cls=PanelCommand)(doctor)
 app.command(name="eval", cls=PanelCommand)(eval_)
 app.command(cls=PanelCommand)(bench)
 app.command(cls=PanelCommand)(serve)
+app.command(cls=PanelCommand)(download)
 
 
 def main() -> None:
