@@ -9,13 +9,16 @@ report = reranker.rerank_file("candidates.jsonl", "reranked.jsonl", top_k=10, re
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .backends import Scorer
 from .config import DEFAULT_CHUNK_OVERLAP, DEFAULT_MAX_CHUNKS, DEFAULT_MODEL, LoaderConfig, ScoreOptions
 from .engine import rank_documents, score_pairs
-from .errors import UsageError
+from .errors import RandomWeightsWarning, UsageError
 from .jobs import Job, JsonlSource, Output, Report, RerankTask, ScoreTask, Source, Task, run
 from .records import Document, Pair, RerankResult, Scored
 
@@ -56,6 +59,13 @@ class Reranker:
             from .backends import load_scorer
 
             self._scorer = load_scorer(self.config)
+            if self._scorer.describe().get("random_weights"):
+                warnings.warn(
+                    f"{self.config.model} has RANDOM weights (a stand-in built by tools/random_model.py): "
+                    "its scores and orders are meaningless.",
+                    RandomWeightsWarning,
+                    stacklevel=_callers_level(),
+                )
         return self._scorer
 
     def score(self, query: str, passages: Sequence[str]) -> list[Scored]:
@@ -139,6 +149,15 @@ class Reranker:
         job = Job(source, task, Output(out, fmt, errors), on_error=on_error, resume=resume)
         config = None if self._own_scorer else self.config  # a scorer of your own: its settings once loaded
         return run(job, lambda: self.scorer, config=config, stop=stop)
+
+
+def _callers_level() -> int:
+    """The ``stacklevel`` of the first frame outside this package: a warning names the user's line."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
 
 
 def _document(index: int, doc: str | Mapping[str, Any]) -> Document:

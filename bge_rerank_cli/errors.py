@@ -125,3 +125,8 @@ class InputError(BgeRerankError):
 
 class ModelError(BgeRerankError):
     exit_code = ExitCode.MODEL
+
+
+class RandomWeightsWarning(UserWarning):
+    """The model is a stand-in with random weights (``tools/random_model.py`` builds them): its scores and
+    orders mean nothing. The Python API warns with it where the CLI prints its stand-in line."""

@@ -133,8 +133,15 @@ def run_batch(
     switch = StopSwitch()
     with ExitStack() as stack:
         stack.enter_context(switch.installed())
-        advance = stack.enter_context(term.progress(flags.quiet))
-        report = run(job, term.loader(config, flags.quiet), config=config, stop=switch, progress=advance)
+        meter = stack.enter_context(term.job_progress(flags.quiet, source))
+        report = run(
+            job,
+            term.loader(config, flags.quiet),
+            config=config,
+            stop=switch,
+            progress=meter.advance if meter else None,
+            position=meter.at_line if meter else None,
+        )
     if view and report.rows is not None:
         _render(report.rows, flags.output, render, fmt == "chart")
     if report.stopped:

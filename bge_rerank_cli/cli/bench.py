@@ -19,6 +19,7 @@ from ..errors import ExitCode, UsageError
 from . import options as opt
 from .console import err_console, out_console
 from .exits import reported_errors
+from .views import STAND_IN
 
 if TYPE_CHECKING:
     from ..benchmark import Measurement, Request
@@ -106,6 +107,13 @@ def bench(
         for setup in chosen:
             setup_config(config, setup)  # unknown names fail before any model loads
         requests = _requests(input_path) if input_path else demo_requests()
+        random_weights = _random_weights(config)
+        if random_weights:  # said before the measuring and even with -f json (on stderr): the speed is real
+            err_console.print(
+                STAND_IN.replace(
+                    "its scores and orders are meaningless", "its speed is real, its scores are not"
+                ).format(model=escape(config.model))
+            )
         requests = requests[:limit] if limit else requests
         if not requests:
             raise UsageError("no requests to measure: the input has no lines with documents.")
@@ -120,7 +128,8 @@ def bench(
         results = with_ceilings(results, shape, measured)
         header = {
             "model": config.model,
-            "random_weights": _random_weights(config),
+            "revision": config.revision,
+            "random_weights": random_weights,
             "device": where,
             "machine": machine(),
             "isa": isa_flags(),

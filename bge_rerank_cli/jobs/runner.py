@@ -131,6 +131,7 @@ def run(
     stop: Callable[[], bool] | None = None,
     progress: Progress | None = None,
     stream: BinaryIO | None = None,
+    position: Callable[[int], None] | None = None,
 ) -> Report:
     """Run ``job``: ``load()`` is called for the scorer once the source has a first item.
 
@@ -140,7 +141,8 @@ def run(
     (after writing and checkpointing everything before it), :class:`ResumeError` when a resume is refused
     (the files left as they were), and the loader's :class:`ModelError`. A ``stop()`` that turns true ends
     the job after the batch in flight, with ``Report.stopped`` set; the group in progress is dropped and
-    redone by a resume.
+    redone by a resume. ``position(line)`` is told the input line written up to: once where scoring starts
+    (0, or a resumed job's resume point), then after each written group.
     """
     started = time.perf_counter()
     _check(job)
@@ -186,6 +188,8 @@ def run(
         control = JobControl(stats=report.stats, on_progress=progress, should_stop=stop)
         base = Checkpoint(input=job.source.name, skipped=ckpt.skipped, blank=ckpt.blank)
         write = _writer(output.format, out, job.task, report)
+        if position is not None:
+            position(checkpoint.last_line if checkpoint else 0)
         try:
             for group in job.task.stream(scorer, _chain(first, items), control):
                 for row in group:
@@ -195,6 +199,8 @@ def run(
                 report.written += len(group)
                 if group:
                     ckpt.last_record_line = job.task.line_of(group[-1])
+                    if position is not None:
+                        position(ckpt.last_record_line)
                 if checkpointed:
                     _save(ckpt, base, output, intake, out, errors, report.written)
         except Interrupted:
