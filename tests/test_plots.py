@@ -139,7 +139,14 @@ def test_bench_plot(tiny_xlmr: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     result = runner.invoke(app, [*args, "--no-ceilings", "-f", "json", "--plot", str(svg)])
     assert result.exit_code == 0, result.output
     report = orjson.loads(result.stdout)
-    assert report["random_weights"] is True
+    assert (
+        report["random_weights"] is True and report["model"] == str(tiny_xlmr) and report["revision"] is None
+    )
+    assert [(r["setup"], r["backend"], r["dtype"]) for r in report["results"]] == [
+        ("torch-fp32", "torch", "fp32"),
+        ("torch-fp16", "torch", "fp16"),
+    ]
+    assert "stand-in model" in result.stderr and "its speed is real" in result.stderr
     texts = svg_texts(svg)
     assert "torch-fp32" in texts and "torch-fp16" in texts and "cpu fp32" in texts
     assert "pairs/s" in texts and "p50 / p95" in texts

@@ -144,7 +144,8 @@ def bench(
         if plot is not None:
             _draw(header, results, plot)
         if as_json:
-            rows = [{k: v for k, v in asdict(r).items() if k != "scores"} for r in results]
+            rows = [{**_ran_as(config, r.setup), **{k: v for k, v in asdict(r).items() if k != "scores"}}
+                    for r in results]  # fmt: skip
             sys.stdout.buffer.write(
                 orjson.dumps(
                     {**header, "results": rows}, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
@@ -169,6 +170,18 @@ def _recommend(config: LoaderConfig, results: list[Measurement]) -> dict[str, An
     stored = save(config, chosen)
     err_console.print(escape(stored.summary()), highlight=False)
     return asdict(stored)
+
+
+def _ran_as(config: LoaderConfig, setup: str) -> dict[str, str]:
+    """The loader settings a setup ran with, for the JSON report (fp32 ONNX: ``dtype`` is fp32)."""
+    from ..benchmark import setup_config
+
+    ran = setup_config(config, setup)
+    return {
+        "backend": ran.backend,
+        "dtype": "fp32" if ran.dtype == "auto" else ran.dtype,
+        "quantize": ran.quantize,
+    }
 
 
 def _random_weights(config: LoaderConfig) -> bool:
