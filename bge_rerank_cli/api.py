@@ -17,7 +17,7 @@ from typing import Any
 
 from .backends import Scorer
 from .config import DEFAULT_CHUNK_OVERLAP, DEFAULT_MAX_CHUNKS, DEFAULT_MODEL, LoaderConfig, ScoreOptions
-from .engine import rank_documents, score_pairs
+from .engine import JobControl, rank_documents, score_pairs
 from .errors import RandomWeightsWarning, UsageError
 from .jobs import Job, JsonlSource, Output, Report, RerankTask, ScoreTask, Source, Task, run
 from .records import Document, Pair, RerankResult, Scored
@@ -44,6 +44,8 @@ class Reranker:
         long_docs: str = "truncate",
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
         max_chunks: int = DEFAULT_MAX_CHUNKS,
+        score_cache: str | None = None,
+        score_cache_max_size: int | str | None = None,
         **options: Any,
     ) -> None:
         if config is not None and options:
@@ -52,6 +54,8 @@ class Reranker:
         self.options = ScoreOptions(long_docs, chunk_overlap, max_chunks)
         self._scorer = scorer
         self._own_scorer = scorer is not None
+        self._store = _open_store(score_cache, score_cache_max_size)
+        self._bound: Any = None  # the store bound to the loaded scorer's settings, on first use
 
     @property
     def scorer(self) -> Scorer:
@@ -68,6 +72,19 @@ class Reranker:
                 )
         return self._scorer
 
+    def _control(self) -> JobControl:
+        """How in-memory calls score: through the score cache when there is one."""
+        if self._store is not None and self._bound is None:
+            from .score_cache import bind
+
+            self._bound = bind(self._store, self.scorer, self.options)
+        return JobControl(cache=self._bound)
+
+    @property
+    def cache_stats(self) -> tuple[int, int]:
+        """This object's score cache hits and misses so far (distinct pairs), ``(0, 0)`` without one."""
+        return (self._bound.hits, self._bound.misses) if self._bound is not None else (0, 0)
+
     def score(self, query: str, passages: Sequence[str]) -> list[Scored]:
         """Score each passage against one query, in input order."""
         return self.score_pairs([Pair(query, p) for p in passages])
@@ -75,7 +92,10 @@ class Reranker:
     def score_pairs(self, pairs: Iterable[Pair | tuple[str, str]]) -> list[Scored]:
         """Score arbitrary (query, passage) pairs, in input order."""
         return score_pairs(
-            self.scorer, [p if isinstance(p, Pair) else Pair(*p) for p in pairs], options=self.options
+            self.scorer,
+            [p if isinstance(p, Pair) else Pair(*p) for p in pairs],
+            options=self.options,
+            control=self._control(),
         )
 
     def rerank(
@@ -88,7 +108,8 @@ class Reranker:
     ) -> RerankResult:
         """Rerank documents (strings, or mappings with "text" and other fields) best first."""
         docs = [_document(i, d) for i, d in enumerate(documents)]
-        scores = score_pairs(self.scorer, [Pair(query, d.text) for d in docs], options=self.options)
+        pairs = [Pair(query, d.text) for d in docs]
+        scores = score_pairs(self.scorer, pairs, options=self.options, control=self._control())
         ranked = rank_documents(docs, scores, top_k=top_k, min_score=min_score)
         return RerankResult(query, ranked, candidates=len(docs))
 
@@ -148,7 +169,18 @@ class Reranker:
         source = JsonlSource(path) if isinstance(path, str) else path
         job = Job(source, task, Output(out, fmt, errors), on_error=on_error, resume=resume)
         config = None if self._own_scorer else self.config  # a scorer of your own: its settings once loaded
-        return run(job, lambda: self.scorer, config=config, stop=stop)
+        return run(job, lambda: self.scorer, config=config, stop=stop, cache=self._store)
+
+
+def _open_store(spec: str | None, max_size: int | str | None) -> Any:
+    """The score cache ``spec`` names (``"default"``, a SQLite path, a ``redis://`` URL); ``None`` for none.
+    (The API takes it as given; ``$BGE_RERANK_SCORE_CACHE`` is the command line's.)"""
+    if spec is None:
+        return None
+    from .score_cache import open_store, parse_size
+
+    size = parse_size(str(max_size)) if max_size is not None else None
+    return open_store(spec, size)
 
 
 def _callers_level() -> int:

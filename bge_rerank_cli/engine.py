@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from .backends.base import BatchScorer, BatchTooLarge, Encoded
 from .config import ScoreOptions
@@ -25,6 +25,15 @@ class Interrupted(Exception):
     """Raised between batches when the job was asked to stop; the group in progress is abandoned."""
 
 
+class PairLookup(Protocol):
+    """What the engine needs of a score cache (:class:`bge_rerank_cli.score_cache.PairCache`): records
+    for pairs it holds (``None`` for the rest), and the records of pairs just scored."""
+
+    def lookup(self, pairs: Sequence[Pair]) -> list[Scored | None]: ...
+
+    def remember(self, pairs: Sequence[Pair], scored: Sequence[Scored]) -> None: ...
+
+
 @dataclass
 class RunStats:
     """Counters a run accumulates for its end-of-run summary."""
@@ -37,6 +46,8 @@ class RunStats:
     oom_splits: int = 0  # batches split after running out of memory
     queries: int = 0  # rerank groups
     top1_replaced: int = 0  # groups whose best document was not first in the input
+    cache_hits: int = 0  # distinct pairs the score cache answered
+    cache_misses: int = 0  # distinct pairs it was asked for and the model scored
 
     def add(self, pairs: int, scored: Sequence[Scored], unique: int, sequences: int) -> None:
         self.pairs += pairs
@@ -55,6 +66,7 @@ class JobControl:
     on_progress: ProgressCallback | None = None
     should_stop: Callable[[], bool] | None = None
     on_batch: Callable[[Sequence[int]], None] | None = None
+    cache: PairLookup | None = None  # a score cache bound to the scorer's settings
 
     def check(self) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -162,7 +174,8 @@ def score_pairs(
 ) -> list[Scored]:
     """Score ``pairs`` and return one :class:`Scored` per pair, in input order.
 
-    Identical pairs are scored once. With ``options.long_docs == "chunk"``, a passage too long for one
+    Identical pairs are scored once, and pairs a score cache (``control.cache``) holds not at all: only
+    the misses are batched, and what they score is remembered. With ``options.long_docs == "chunk"``, a passage too long for one
     sequence is scored window by window and takes its best window's score (``best_chunk`` says where).
     Distinct pairs are tokenised and scored in slices, so one huge query (100,000 candidates) does not
     hold every token sequence in memory at once.
@@ -172,14 +185,22 @@ def score_pairs(
     options = options or ScoreOptions()
     control = control or JobControl()
     unique = list(dict.fromkeys(pairs))
-    results: list[Scored] = []
+    by_pair: dict[Pair, Scored] = {}
+    if control.cache is not None:
+        known = control.cache.lookup(unique)
+        by_pair = {pair: hit for pair, hit in zip(unique, known, strict=True) if hit is not None}
+        control.stats.cache_hits += len(by_pair)
+        control.stats.cache_misses += len(unique) - len(by_pair)
+    missing = [pair for pair in unique if pair not in by_pair] if by_pair else unique
     sequences = 0
     step = group_budget(scorer)
-    for start in range(0, len(unique), step):
-        part, used = _score_distinct(scorer, unique[start : start + step], options, control)
-        results.extend(part)
+    for start in range(0, len(missing), step):
+        part = missing[start : start + step]
+        results, used = _score_distinct(scorer, part, options, control)
+        by_pair.update(zip(part, results, strict=True))
         sequences += used
-    by_pair = dict(zip(unique, results, strict=True))
+        if control.cache is not None:
+            control.cache.remember(part, results)
     scored = [by_pair[pair] for pair in pairs]
     control.stats.add(len(pairs), scored, len(unique), sequences)
     return scored

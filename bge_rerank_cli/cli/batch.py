@@ -56,6 +56,7 @@ class BatchOptions:
     options: ScoreOptions
     flags: OutputFlags
     ray: RayOptions | None
+    cache: Any = None  # the score cache's store (--score-cache), or None
 
 
 def _batch_options(
@@ -74,10 +75,15 @@ def _batch_options(
     actors: int,
     gpus_per_actor: float | None,
     cpus_per_actor: float,
+    score_cache: str | None,
+    score_cache_max_size: str | None,
 ) -> BatchOptions:
     ray = RayOptions(ray_address, actors, gpus_per_actor, cpus_per_actor) if engine == "ray" else None
     flags = OutputFlags(fmt, output, errors, on_error, resume, quiet)
-    return BatchOptions(ScoreOptions(long_docs, chunk_overlap, max_chunks), flags, ray)
+    cache = opt.open_score_cache(score_cache, score_cache_max_size)
+    if cache is not None and ray is not None:
+        raise UsageError("--score-cache does not work with --engine ray yet: its actors score uncached.")
+    return BatchOptions(ScoreOptions(long_docs, chunk_overlap, max_chunks), flags, ray, cache)
 
 
 def batch_options(*, ranked: bool = True) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -101,6 +107,8 @@ def batch_options(*, ranked: bool = True) -> Callable[[Callable[..., T]], Callab
         ("actors", opt.Actors, 1),
         ("gpus_per_actor", opt.GpusPerActor, None),
         ("cpus_per_actor", opt.CpusPerActor, 1.0),
+        ("score_cache", opt.ScoreCacheOption, None),
+        ("score_cache_max_size", opt.ScoreCacheMaxSize, None),
     ]
     return opt.shared_options(parameters, _batch_options, "batch")
 
@@ -116,7 +124,12 @@ Render = Callable[[list[Any], Console, bool], None]
 
 
 def run_batch(
-    config: LoaderConfig, flags: OutputFlags, source: Source, task: Task[Any, Any], render: Render
+    config: LoaderConfig,
+    flags: OutputFlags,
+    source: Source,
+    task: Task[Any, Any],
+    render: Render,
+    cache: Any = None,
 ) -> None:
     """Run one score/rerank job from the command line: stream it, or gather it for a table or chart."""
     fmt = resolve_format(flags.fmt, flags.output)
@@ -141,6 +154,7 @@ def run_batch(
             stop=switch,
             progress=meter.advance if meter else None,
             position=meter.at_line if meter else None,
+            cache=cache,
         )
     if view and report.rows is not None:
         _render(report.rows, flags.output, render, fmt == "chart")
@@ -197,6 +211,9 @@ def summarise(report: Report, config: LoaderConfig) -> None:
             line += f", {stats.pairs - stats.unique_pairs} duplicates scored once"
         if stats.windowed:
             line += f", {stats.windowed} long passages in {stats.sequences} windows"
+        asked = stats.cache_hits + stats.cache_misses
+        if asked:
+            line += f"; score cache: {stats.cache_hits} of {asked} distinct pairs known ({stats.cache_hits / asked:.0%})"
     if report.max_length is not None:  # the effective length: the request, clamped to the model once
         clamped = " (the model's limit)" if report.max_length != config.max_length else ""
         line += f"; max length {report.max_length}{clamped}"

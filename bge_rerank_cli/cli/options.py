@@ -375,6 +375,42 @@ PrefixReuse = Annotated[
 ]
 
 
+ScoreCacheOption = Annotated[
+    str | None,
+    typer.Option(
+        "--score-cache",
+        metavar="default|PATH|URL",
+        envvar="BGE_RERANK_SCORE_CACHE",
+        show_default=False,
+        help="Remember each pair's score and never pay for it twice under the same settings: default (a "
+        "SQLite file in bge-rerank's cache folder), a SQLite file, or redis://HOST:PORT shared by "
+        "replicas. Off by default.",
+        rich_help_panel=SPEED,
+    ),
+]
+ScoreCacheMaxSize = Annotated[
+    str | None,
+    typer.Option(
+        "--score-cache-max-size",
+        metavar="SIZE",
+        envvar="BGE_RERANK_SCORE_CACHE_MAX_SIZE",
+        show_default=False,
+        help="Bound of the score cache (e.g. 500MB, 2GiB; default 1GiB); the least recently used entries "
+        "go first.",
+        rich_help_panel=SPEED,
+    ),
+]
+
+
+def open_score_cache(spec: str | None, max_size: str | None) -> Any:
+    """The store ``--score-cache`` names, or ``None`` without one (``--score-cache-max-size`` alone
+    does nothing but is checked)."""
+    from ..score_cache import open_store, parse_size
+
+    size = parse_size(max_size) if max_size is not None else None
+    return open_store(spec, size) if spec and spec.strip() else None
+
+
 PRECISION_OPTIONS = ("fp16", "dtype", "backend", "quantize")
 
 

@@ -127,4 +127,4 @@ def rerank(
             source = ItemsSource([inline_rerank_item(query, docs)])
         else:
             source = jsonl_source(input, "rerank")
-        run_batch(config, batch.flags, source, task, render_rerank_tables)
+        run_batch(config, batch.flags, source, task, render_rerank_tables, batch.cache)

@@ -70,4 +70,4 @@ def score(
             source: Source = ItemsSource(inline_score_items(query, passage))
         else:
             source = jsonl_source(input, "score")
-        run_batch(config, batch.flags, source, task, render_score_table)
+        run_batch(config, batch.flags, source, task, render_score_table, batch.cache)

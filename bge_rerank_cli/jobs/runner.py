@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..backends.base import Scorer
 from ..config import Choice, LoaderConfig, ScoreOptions
@@ -26,6 +26,9 @@ from .intake import ErrorLog, Intake, OnError
 from .resume import check_loaded, checkpoint_to_resume, loaded_settings, resume_point
 from .sources import Source
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from ..score_cache import CacheStore
 
 
 class OutputFormat(Choice):
@@ -132,6 +135,7 @@ def run(
     progress: Progress | None = None,
     stream: BinaryIO | None = None,
     position: Callable[[int], None] | None = None,
+    cache: CacheStore | None = None,
 ) -> Report:
     """Run ``job``: ``load()`` is called for the scorer once the source has a first item.
 
@@ -142,7 +146,9 @@ def run(
     (the files left as they were), and the loader's :class:`ModelError`. A ``stop()`` that turns true ends
     the job after the batch in flight, with ``Report.stopped`` set; the group in progress is dropped and
     redone by a resume. ``position(line)`` is told the input line written up to: once where scoring starts
-    (0, or a resumed job's resume point), then after each written group.
+    (0, or a resumed job's resume point), then after each written group. ``cache``: a score cache,
+    bound to the loaded scorer's settings; pairs it holds are not scored again (``Report.stats`` counts
+    its hits and misses).
     """
     started = time.perf_counter()
     _check(job)
@@ -186,6 +192,10 @@ def run(
             ckpt.save(str(output.path))
         scoring_started = time.perf_counter()
         control = JobControl(stats=report.stats, on_progress=progress, should_stop=stop)
+        if cache is not None:
+            from ..score_cache import bind
+
+            control.cache = bind(cache, scorer, getattr(job.task, "options", ScoreOptions()))
         base = Checkpoint(input=job.source.name, skipped=ckpt.skipped, blank=ckpt.blank)
         write = _writer(output.format, out, job.task, report)
         if position is not None:

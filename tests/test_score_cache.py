@@ -1,0 +1,246 @@
+"""The score cache: the same records with it and without it, a changed setting never meeting an old entry,
+only misses scored, bounded by LRU, and a broken store never giving a wrong score or stopping the job."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bge_rerank_cli import Reranker
+from bge_rerank_cli.config import ScoreOptions
+from bge_rerank_cli.engine import JobControl, score_pairs
+from bge_rerank_cli.records import Pair, Scored
+from bge_rerank_cli.score_cache import (
+    PairCache,
+    SqliteStore,
+    decode_value,
+    encode_value,
+    open_store,
+    pair_key,
+    parse_size,
+)
+from tests.conftest import REPO, SAMPLES, run_cli
+
+PAIRS = [("what is deep learning?", "Deep learning trains neural networks."),
+         ("what is deep learning?", "Apples are fruit."),
+         ("如何读取JSON文件?", "json.load(f) 读取JSON文件"),
+         ("a long one", " ".join(["word"] * 300))]  # fmt: skip
+
+
+def _flags(pairs) -> list[str]:
+    return [flag for pair in pairs for flag in pair]
+
+
+def _score(model: Path, cache: Path, **options) -> tuple[list, tuple[int, int]]:
+    reranker = Reranker(str(model), device="cpu", score_cache=str(cache), **options)
+    scored = reranker.score_pairs(PAIRS)
+    return scored, reranker.cache_stats
+
+
+def test_cached_and_uncached_runs_write_identical_records(tiny_xlmr: Path, tmp_path: Path):
+    """Off, cold and warm give the same bytes. (A run with some pairs known batches only the others, and
+    a batch's padding moves fp32 logits by rounding, as --batch-size does: see the partial-hit test.)"""
+    for command in (["score", str(SAMPLES / "pairs.jsonl")], ["rerank", str(SAMPLES / "rerank.jsonl")]):
+        cache = tmp_path / f"{command[0]}.sqlite"
+        base = [*command, "-m", str(tiny_xlmr), "-f", "jsonl"]
+        off = run_cli(base)
+        cold = run_cli([*base, "--score-cache", str(cache)])
+        warm = run_cli([*base, "--score-cache", str(cache)])
+        assert off.returncode == cold.returncode == warm.returncode == 0, warm.stderr.decode()
+        assert off.stdout == cold.stdout == warm.stdout and off.stdout
+        assert b"score cache: 0 of" in cold.stderr and b"(100%)" in warm.stderr, warm.stderr.decode()
+
+
+def test_the_env_var_and_default_name_the_cache(tiny_xlmr: Path, tmp_path: Path):
+    env = {"BGE_RERANK_CACHE": str(tmp_path / "own"), "BGE_RERANK_SCORE_CACHE": "default"}
+    for _ in range(2):
+        result = run_cli(
+            ["score", str(SAMPLES / "pairs.jsonl"), "-m", str(tiny_xlmr), "-f", "jsonl"], env=env
+        )
+        assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "own" / "scores.sqlite").is_file() and b"(100%)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"max_length": 64},
+        {"dtype": "bf16"},
+        {"backend": "onnx"},
+        {"backend": "onnx", "quantize": "int8"},
+        {"long_docs": "chunk"},
+        {"long_docs": "chunk", "chunk_overlap": 8},
+        {"long_docs": "chunk", "max_chunks": 2},
+    ],
+    ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()),
+)
+def test_a_changed_setting_never_hits_an_old_entry(changed, tiny_xlmr: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("BGE_RERANK_CACHE", str(tmp_path / "own"))  # ONNX exports go here
+    cache = tmp_path / "scores.sqlite"
+    base = {"long_docs": "chunk"} if "chunk_overlap" in changed or "max_chunks" in changed else {}
+    _, (hits, misses) = _score(tiny_xlmr, cache, **base)
+    assert (hits, misses) == (0, len(PAIRS))
+    _, (hits, _) = _score(tiny_xlmr, cache, **base)
+    assert hits == len(PAIRS)  # the same settings: every pair known
+    _, (hits, misses) = _score(tiny_xlmr, cache, **{**base, **changed})
+    assert (hits, misses) == (0, len(PAIRS)), changed
+
+
+def test_other_model_files_and_decoder_settings_are_keyed(tiny_xlmr: Path, tiny_qwen3: Path, tmp_path: Path):
+    cache = tmp_path / "scores.sqlite"
+    _score(tiny_xlmr, cache)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_xlmr, copy)
+    assert _score(copy, cache)[1][0] == len(PAIRS)  # a byte-identical copy elsewhere: the same model
+    from tools.random_model import build_xlmr
+
+    other = build_xlmr(tmp_path / "other", seed=1)  # same config, other weights
+    assert _score(other, cache)[1] == (0, len(PAIRS))
+    _score(tiny_qwen3, cache)
+    assert _score(tiny_qwen3, cache)[1][0] == len(PAIRS)
+    assert _score(tiny_qwen3, cache, instruction="Judge relevance.")[1] == (0, len(PAIRS))
+
+
+def test_settings_that_change_no_record_still_hit(tiny_xlmr: Path, tmp_path: Path):
+    cache = tmp_path / "scores.sqlite"
+    cold, _ = _score(tiny_xlmr, cache)
+    warm, (hits, _) = _score(tiny_xlmr, cache, batch_size=2)
+    assert hits == len(PAIRS) and warm == cold
+
+
+def test_a_partial_hit_scores_only_the_misses(tiny_xlmr: Path, tmp_path: Path):
+    reranker = Reranker(str(tiny_xlmr), device="cpu", score_cache=str(tmp_path / "c.sqlite"))
+    known = [Pair(q, p) for q, p in PAIRS[:2]]
+    reranker.score_pairs(known)
+    control = JobControl(cache=reranker._control().cache)
+    fresh = [Pair("new query", "new passage"), Pair("another", "one")]
+    scored = score_pairs(reranker.scorer, [*known, *fresh, known[0]], options=ScoreOptions(), control=control)
+    assert control.stats.cache_hits == 2 and control.stats.cache_misses == 2
+    assert control.stats.sequences == 2  # only the two misses went through the model
+    uncached = Reranker(str(tiny_xlmr), device="cpu").score_pairs([*known, *fresh])
+    assert [s.logit for s in scored[:4]] == pytest.approx([s.logit for s in uncached], abs=1e-5)
+
+
+def test_values_round_trip_and_a_flipped_bit_is_a_miss():
+    key = pair_key(b"space", Pair("q", "p"))
+    from bge_rerank_cli.records import Chunk
+
+    for scored in (Scored(0.1 + 0.2, False, 0, 0), Scored(-3.25e-7, True, 17, 2, Chunk(3, 10, 90, 5))):
+        raw = encode_value(key, scored)
+        assert decode_value(key, raw) == scored
+        flipped = bytearray(raw)
+        flipped[-3] ^= 0x01
+        assert decode_value(key, bytes(flipped)) is None
+        assert decode_value(pair_key(b"space", Pair("q", "other")), raw) is None  # an entry under another key
+
+
+def test_a_corrupted_value_in_the_file_is_scored_again(tiny_xlmr: Path, tmp_path: Path):
+    cache = tmp_path / "scores.sqlite"
+    cold, _ = _score(tiny_xlmr, cache)
+    db = sqlite3.connect(cache)
+    for key, value in db.execute("SELECT key, value FROM scores").fetchall():
+        changed = bytearray(value)
+        changed[10] ^= 0x04  # one bit of the stored logit's digits
+        db.execute("UPDATE scores SET value = ? WHERE key = ?", (bytes(changed), key))
+    db.commit()
+    db.close()
+    warm, (hits, misses) = _score(tiny_xlmr, cache)
+    assert (hits, misses) == (0, len(PAIRS)) and warm == cold
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_broken_cache_file_warns_once_and_the_job_runs_uncached(damage, tiny_xlmr: Path, tmp_path: Path):
+    cache = tmp_path / "scores.sqlite"
+    args = ["score", str(SAMPLES / "pairs.jsonl"), "-m", str(tiny_xlmr), "-f", "jsonl"]
+    good = run_cli([*args, "--score-cache", str(cache)])
+    filler = PairCache(SqliteStore(cache, parse_size("1GB")), b"filler", "filler")
+    filler.remember([Pair("q", f"passage {i}") for i in range(3000)], [Scored(0.5)] * 3000)  # many pages
+    filler.store.close()
+    sqlite3.connect(cache).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+    data = cache.read_bytes()
+    cache.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"not a database " * 500)
+    for suffix in ("-wal", "-shm"):
+        Path(str(cache) + suffix).unlink(missing_ok=True)
+    broken = run_cli([*args, "--score-cache", str(cache)])
+    assert broken.returncode == 0, broken.stderr.decode()
+    assert broken.stdout == good.stdout
+    stderr = broken.stderr.decode()
+    assert stderr.count("score cache") >= 1 and stderr.count("is unusable") == 1, stderr
+
+
+def test_lru_keeps_the_store_within_its_bound(tmp_path: Path):
+    store = SqliteStore(tmp_path / "s.sqlite", max_bytes=parse_size("64KiB"))
+    cache = PairCache(store, b"space", "m")
+    first = [Pair("q", f"kept {i}") for i in range(20)]
+    cache.remember(first, [Scored(float(i)) for i in range(20)])
+    for batch in range(20):
+        cache.lookup(first)  # used again and again: the most recent
+        pairs = [Pair("q", f"filler {batch} {i}") for i in range(100)]
+        cache.remember(pairs, [Scored(0.5)] * len(pairs))
+    stats = store.stats()
+    assert stats.bytes <= store.max_bytes and stats.entries < 20 * 100
+    assert all(hit is not None for hit in cache.lookup(first))  # recently used entries survive
+    assert cache.lookup([Pair("q", "filler 0 0")]) == [None]  # the oldest went first
+
+
+def test_stats_and_clear_per_model(tmp_path: Path):
+    store = SqliteStore(tmp_path / "s.sqlite", max_bytes=parse_size("10MB"))
+    a, b = PairCache(store, b"a", "model-a"), PairCache(store, b"b", "model-b")
+    a.remember([Pair("q", "p")], [Scored(1.0)])
+    b.remember([Pair("q", "p"), Pair("q", "r")], [Scored(1.0), Scored(2.0)])
+    a.lookup([Pair("q", "p"), Pair("q", "x")])
+    stats = store.stats()
+    assert stats.entries == 3 and stats.models["model-a"].hits == 1 and stats.models["model-a"].misses == 1
+    assert store.clear("model-b") == 2 and store.stats().entries == 1
+    assert store.clear() == 1 and store.stats().entries == 0
+
+
+def test_several_processes_write_one_file_at_once(tiny_xlmr: Path, tmp_path: Path):
+    cache = tmp_path / "scores.sqlite"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    jobs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bge_rerank_cli",
+                "score",
+                "-q",
+                f"query {n}",
+                *_flags(["-p", f"passage {n} {j}"] for j in range(200)),
+                "-m",
+                str(tiny_xlmr),
+                "-f",
+                "jsonl",
+                "--score-cache",
+                str(cache),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for n in range(3)
+    ]
+    for job in jobs:
+        out, err = job.communicate(timeout=180)
+        assert job.returncode == 0 and b"is unusable" not in err, err.decode()
+        assert len(out.splitlines()) == 200
+    assert SqliteStore(cache, parse_size("1GB")).stats().entries == 600
+
+
+def test_bad_sizes_and_stores_are_refused(tiny_xlmr: Path):
+    for size in ("lots", "12XB", "1KB"):
+        with pytest.raises(ValueError):
+            parse_size(size)
+    with pytest.raises(ValueError):
+        open_store("http://example.com/cache")
+    result = run_cli(["score", "-q", "q", "-p", "p", "-m", str(tiny_xlmr), "--score-cache", "x.sqlite",
+                      "--score-cache-max-size", "lots"])  # fmt: skip
+    assert result.returncode == 2 and b"score cache size 'lots'" in result.stderr
