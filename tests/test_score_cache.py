@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bge_rerank_cli import Reranker
@@ -244,3 +245,41 @@ def test_bad_sizes_and_stores_are_refused(tiny_xlmr: Path):
     result = run_cli(["score", "-q", "q", "-p", "p", "-m", str(tiny_xlmr), "--score-cache", "x.sqlite",
                       "--score-cache-max-size", "lots"])  # fmt: skip
     assert result.returncode == 2 and b"score cache size 'lots'" in result.stderr
+
+
+def test_the_score_cache_command_reports_and_clears(tiny_xlmr: Path, tmp_path: Path):
+    cache = tmp_path / "scores.sqlite"
+    missing = run_cli(["score-cache", "stats", "--score-cache", str(cache), "-f", "json"])
+    assert missing.returncode == 0 and orjson.loads(missing.stdout)["entries"] == 0 and not cache.exists()
+    for _ in range(2):
+        run_cli(
+            [
+                "score",
+                str(SAMPLES / "pairs.jsonl"),
+                "-m",
+                str(tiny_xlmr),
+                "-f",
+                "jsonl",
+                "--score-cache",
+                str(cache),
+            ]
+        )
+    report = orjson.loads(run_cli(["score-cache", "stats", "--score-cache", str(cache), "-f", "json"]).stdout)
+    model = report["models"][str(tiny_xlmr)]
+    assert report["entries"] == model["entries"] == 10 and (model["hits"], model["misses"]) == (10, 10)
+    assert report["hit_rate"] == 0.5 and report["file_bytes"] > 0
+    other = run_cli(["score-cache", "clear", "--score-cache", str(cache), "--model", "some/other-model"])
+    assert other.returncode == 0 and b"removed 0 entries" in other.stderr
+    cleared = run_cli(["score-cache", "clear", "--score-cache", str(cache), "-m", str(tiny_xlmr)])
+    assert cleared.returncode == 0 and b"removed 10 entries" in cleared.stderr
+    assert (
+        orjson.loads(run_cli(["score-cache", "stats", "--score-cache", str(cache), "-f", "json"]).stdout)[
+            "entries"
+        ]
+        == 0
+    )
+    cache.write_bytes(b"not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        Path(str(cache) + suffix).unlink(missing_ok=True)
+    broken = run_cli(["score-cache", "stats", "--score-cache", str(cache)])
+    assert broken.returncode == 2 and b"cannot read it" in broken.stderr and b"Traceback" not in broken.stderr

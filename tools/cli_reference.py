@@ -21,6 +21,9 @@ COMMANDS: list[list[str]] = [
     ["bench"],
     ["serve"],
     ["download"],
+    ["score-cache"],
+    ["score-cache", "stats"],
+    ["score-cache", "clear"],
 ]
 HEADER = (
     "# CLI reference\n\n"

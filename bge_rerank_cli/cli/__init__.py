@@ -17,6 +17,7 @@ from .exits import Group
 from .helpformat import PanelCommand
 from .rerank import rerank
 from .score import score
+from .score_cache import app as score_cache_app
 from .serve import serve
 
 _UNBROKEN = re.compile(r"(pip install '[^']*'|\s+)")
@@ -80,6 +81,7 @@ app.command(name="eval", cls=PanelCommand)(eval_)
 app.command(cls=PanelCommand)(bench)
 app.command(cls=PanelCommand)(serve)
 app.command(cls=PanelCommand)(download)
+app.add_typer(score_cache_app, name="score-cache")
 
 
 def main() -> None:
