@@ -187,6 +187,7 @@ def test_shell_completion_completes_commands_and_choices():
         )
         return result.stdout.decode().split()
 
-    assert complete("bge-rerank sc") == ["score"]
+    assert complete("bge-rerank sc") == ["score", "score-cache"]
+    assert complete("bge-rerank score-cache ") == ["stats", "clear"]
     assert complete("bge-rerank score --format ") == ["auto", "jsonl", "table", "chart", "tsv"]
     assert "trec" in complete("bge-rerank rerank --format ")

@@ -97,3 +97,12 @@ def test_the_python_api_warns_of_random_weights_once(tiny_xlmr: Path):
         reranker.rerank("q", ["p", "r"])
     (warning,) = [w for w in caught if issubclass(w.category, RandomWeightsWarning)]
     assert "RANDOM weights" in str(warning.message) and warning.filename == __file__
+
+
+def test_quiet_keeps_the_stand_in_warning(tiny_xlmr: Path):
+    from tests.conftest import run_cli
+
+    for command in (["score", "-q", "a", "-p", "b"], ["rerank", "-q", "a", "-d", "b", "-d", "c"]):
+        result = run_cli([*command, "-m", str(tiny_xlmr), "--quiet", "-f", "jsonl"])
+        assert result.returncode == 0
+        assert result.stderr.decode().count("RANDOM weights") == 1, result.stderr.decode()

@@ -162,6 +162,8 @@ def run_batch(
         _stopped(report, switch, job)
     if not flags.quiet:
         summarise(report, config)
+    elif report.scorer.get("random_weights"):  # said even with --quiet: these scores mean nothing
+        term.say(STAND_IN.format(model=escape(str(report.scorer.get("model")))))
 
 
 def _render(rows: list[Any], output: str | None, render: Render, chart: bool) -> None:
