@@ -31,7 +31,9 @@ class Reranker:
     such as Qwen3-Reranker ``template``, ``instruction`` and ``prefix_reuse``), a ready
     :class:`LoaderConfig`, or a ``scorer`` of your own that follows :class:`bge_rerank_cli.backends.Scorer`.
     Long passages: ``long_docs="chunk"`` (with ``chunk_overlap``, ``max_chunks``) scores them by their
-    best window instead of truncating. Errors are :class:`bge_rerank_cli.errors.BgeRerankError`
+    best window instead of truncating. ``score_cache`` (``"default"``, a SQLite path or a ``redis://``
+    URL; bounded by ``score_cache_max_size``) remembers each pair's record: a pair scored once under
+    these settings is never scored again. Errors are :class:`bge_rerank_cli.errors.BgeRerankError`
     subclasses; wrong arguments raise :class:`~bge_rerank_cli.errors.UsageError`, a ``ValueError``.
     """
 
