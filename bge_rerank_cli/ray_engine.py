@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .config import LoaderConfig
+from .config import LoaderConfig, ScoreOptions
 from .errors import BgeRerankError, InputError, UsageError, option
 from .inputs import Rejected, parse_line, read_lines, split_lines
 from .jobs import Task
@@ -31,6 +31,8 @@ class RayJob:
     task: Task[Any, Any]
     config: LoaderConfig
     on_error: str = "fail"
+    score_cache: str | None = None  # each actor opens it: a redis:// URL is shared across nodes
+    score_cache_max_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,12 @@ class ScoreActor:
 
         self.job = job
         self.scorer = load_scorer(job.config)
+        self.cache = None
+        if job.score_cache is not None:
+            from .score_cache import bind, open_store
+
+            store = open_store(job.score_cache, job.score_cache_max_size)
+            self.cache = bind(store, self.scorer, getattr(job.task, "options", ScoreOptions()))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from .engine import JobControl
@@ -83,7 +91,8 @@ class ScoreActor:
                 items.append(parsed)
                 files.append(str(file))
         out: dict[str, list[Any]] = {"kind": [], "json": []}
-        rows = [row for group in task.stream(self.scorer, items, JobControl()) for row in group]
+        control = JobControl(cache=self.cache)
+        rows = [row for group in task.stream(self.scorer, items, control) for row in group]
         for file, row in zip(files, rows, strict=True):  # one row per item, in input order
             record = merge(task.to_json(row), {"line": task.line_of(row), "file": file})
             out["kind"].append("record")

@@ -134,3 +134,23 @@ def test_without_ray_the_message_names_the_extra():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, timeout=60)
     assert result.returncode == 2
     assert b"pip install 'bge-rerank-cli[ray]'" in result.stderr
+
+
+def test_ray_actors_share_the_score_cache(tiny_xlmr: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Actors open the cache the driver names (a SQLite file here, by its absolute path): a rerun is all
+    hits, with the same records."""
+    from bge_rerank_cli.score_cache import SqliteStore, parse_size
+
+    monkeypatch.chdir(tmp_path)
+    outputs = []
+    for run in ("first", "rerun"):
+        out = tmp_path / run
+        args = ["score", "--engine", "ray", "--model", str(tiny_xlmr), "-o", str(out), str(SAMPLES / "pairs.jsonl"),
+                "--cpus-per-actor", "0.5", "--score-cache", "scores.sqlite"]  # fmt: skip
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        outputs.append(sorted(read_dir(out), key=lambda r: r["line"]))
+    assert outputs[0] == outputs[1]
+    stats = SqliteStore(tmp_path / "scores.sqlite", parse_size("1GB")).stats()
+    model = stats.models[str(tiny_xlmr)]
+    assert (model.entries, model.hits, model.misses) == (10, 10, 10)

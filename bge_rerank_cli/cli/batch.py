@@ -57,6 +57,7 @@ class BatchOptions:
     flags: OutputFlags
     ray: RayOptions | None
     cache: Any = None  # the score cache's store (--score-cache), or None
+    cache_spec: tuple[str, int | None] | None = None  # what --score-cache named, for Ray's actors to open
 
 
 def _batch_options(
@@ -81,9 +82,14 @@ def _batch_options(
     ray = RayOptions(ray_address, actors, gpus_per_actor, cpus_per_actor) if engine == "ray" else None
     flags = OutputFlags(fmt, output, errors, on_error, resume, quiet)
     cache = opt.open_score_cache(score_cache, score_cache_max_size)
-    if cache is not None and ray is not None:
-        raise UsageError("--score-cache does not work with --engine ray yet: its actors score uncached.")
-    return BatchOptions(ScoreOptions(long_docs, chunk_overlap, max_chunks), flags, ray, cache)
+    spec = (_cache_spec(cache, str(score_cache)), cache.max_bytes) if cache is not None else None
+    return BatchOptions(ScoreOptions(long_docs, chunk_overlap, max_chunks), flags, ray, cache, spec)
+
+
+def _cache_spec(store: Any, given: str) -> str:
+    """How another process (a Ray actor) opens the same cache: a SQLite file by its absolute path."""
+    path = getattr(store, "path", None)
+    return str(path.resolve()) if path is not None else given.strip()
 
 
 def batch_options(*, ranked: bool = True) -> Callable[[Callable[..., T]], Callable[..., T]]:

@@ -111,7 +111,7 @@ def rerank(
     with reported_errors():
         task = RerankTask(batch.options, top_k, min_score, depth)
         if batch.ray is not None:
-            run_ray(task, config, batch.flags, batch.ray, input)
+            run_ray(task, config, batch.flags, batch.ray, input, batch.cache_spec)
             return
         if run is not None or corpus is not None or queries is not None:
             if run is None or corpus is None or queries is None or input is not None or query is not None:

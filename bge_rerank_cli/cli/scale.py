@@ -12,7 +12,12 @@ from .console import err_console, say
 
 
 def run_ray(
-    task: Task[Any, Any], config: LoaderConfig, flags: OutputFlags, ray: RayOptions, input: str | None
+    task: Task[Any, Any],
+    config: LoaderConfig,
+    flags: OutputFlags,
+    ray: RayOptions,
+    input: str | None,
+    cache: tuple[str, int | None] | None = None,
 ) -> None:
     from ..ray_engine import RayJob, run
 
@@ -25,7 +30,7 @@ def run_ray(
     if flags.fmt not in ("auto", "jsonl"):
         raise UsageError("--engine ray writes JSONL only.")
     result = run(
-        RayJob(task, config, flags.on_error),
+        RayJob(task, config, flags.on_error, *(cache or (None, None))),
         input,
         flags.output,
         address=ray.address,

@@ -60,7 +60,7 @@ def score(
     with reported_errors():
         task = ScoreTask(batch.options)
         if batch.ray is not None:
-            run_ray(task, config, batch.flags, batch.ray, input)
+            run_ray(task, config, batch.flags, batch.ray, input, batch.cache_spec)
             return
         if query is not None or passage:
             if input is not None:
