@@ -23,12 +23,12 @@ import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
+from .cache_stats import ModelStats, StoreStats
 from .config import ScoreOptions
 from .errors import UsageError
 from .records import Chunk, Pair, Scored
@@ -68,62 +68,6 @@ def parse_size(text: str) -> int:
     if size < 1 << 16:
         raise UsageError(f"score cache size {text!r} is below 64 KiB: too small to hold a batch.")
     return size
-
-
-@dataclass(frozen=True)
-class ModelStats:
-    entries: int
-    bytes: int
-    hits: int
-    misses: int
-
-    @property
-    def hit_rate(self) -> float | None:
-        asked = self.hits + self.misses
-        return self.hits / asked if asked else None
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    """What a store holds: entries and their bytes, lookups that hit or missed (all time), per model."""
-
-    where: str
-    entries: int
-    bytes: int
-    max_bytes: int
-    file_bytes: int | None
-    models: dict[str, ModelStats] = field(default_factory=dict)
-
-    @property
-    def hits(self) -> int:
-        return sum(m.hits for m in self.models.values())
-
-    @property
-    def misses(self) -> int:
-        return sum(m.misses for m in self.models.values())
-
-    def to_json(self) -> dict[str, Any]:
-        asked = self.hits + self.misses
-        return {
-            "where": self.where,
-            "entries": self.entries,
-            "bytes": self.bytes,
-            "max_bytes": self.max_bytes,
-            "file_bytes": self.file_bytes,
-            "hits": self.hits,
-            "misses": self.misses,
-            "hit_rate": self.hits / asked if asked else None,
-            "models": {
-                name: {
-                    "entries": m.entries,
-                    "bytes": m.bytes,
-                    "hits": m.hits,
-                    "misses": m.misses,
-                    "hit_rate": m.hit_rate,
-                }
-                for name, m in sorted(self.models.items())
-            },
-        }
 
 
 class CacheStore(Protocol):

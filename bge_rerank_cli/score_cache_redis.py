@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .cache_stats import ModelStats, StoreStats
 from .errors import BgeRerankError, UsageError, option
-from .score_cache import ModelStats, StoreStats
 
 PREFIX = "bge-rerank:"
 CONNECT_TIMEOUT = 2.0  # seconds: a dead server costs one warning, not a hang
