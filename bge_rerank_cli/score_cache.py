@@ -193,10 +193,10 @@ class SqliteStore:
         return int(db.execute("SELECT COALESCE(SUM(size), 0) FROM scores").fetchone()[0])
 
     def _evict(self, db: sqlite3.Connection) -> None:
-        """Delete the least recently used entries down to 90% of the bound (other writers counted)."""
-        total = self._total(db)
-        target = int(self.max_bytes * 0.9)
-        while total > self.max_bytes or (total > target and self._bytes is not None and self._bytes > target):
+        """Delete the least recently used entries down to 90% of the bound (other writers' entries
+        counted: the sum is read from the file)."""
+        total, target = self._total(db), int(self.max_bytes * 0.9)
+        while total > target:
             count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM scores").fetchone()
             if not count:
                 break
@@ -205,7 +205,6 @@ class SqliteStore:
                 "DELETE FROM scores WHERE key IN (SELECT key FROM scores ORDER BY used LIMIT ?)", (drop,)
             )
             total = self._total(db)
-            self._bytes = total
         self._bytes = total
 
     def count(self, model: str, hits: int, misses: int) -> None:
