@@ -5,7 +5,9 @@ its own and one setup's warm caches do not flatter the next. A child loads the m
 first request, then measures two things on the same requests: a batch job (every pair in one call, as
 ``bge-rerank score`` runs them) for pairs/s and tokens/s, and each request on its own (one query and
 its candidates, as a service would see them) for latency p50/p95. Scores are compared with the first
-setup's, so the accuracy a faster setup costs is measured on the same pairs.
+setup's, so the accuracy a faster setup costs is measured on the same pairs. With a score cache, the
+batch job then runs twice more through it (a first pass that stores what it does not know, and again
+with every pair known), after the measurements above, which stay uncached.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .config import LoaderConfig
+from .config import LoaderConfig, ScoreOptions
 from .errors import ModelError, UsageError
 from .records import Pair
 
@@ -41,6 +43,34 @@ class Request:
 
     def pairs(self) -> list[Pair]:
         return [Pair(self.query, p) for p in self.passages]
+
+
+@dataclass(frozen=True)
+class CachePass:
+    """The batch job once through the score cache: its speed, and the distinct pairs the cache knew
+    (``hits``) and the model scored (``misses``)."""
+
+    seconds: float = 0.0
+    pairs_per_s: float = 0.0
+    hits: int = 0
+    misses: int = 0
+
+
+@dataclass(frozen=True)
+class CacheRuns:
+    """A setup's batch job through the score cache: ``first`` (what the cache does not know yet is scored
+    and stored) and ``again`` (every pair known); ``error`` when the store failed (both ran uncached)."""
+
+    where: str
+    first: CachePass
+    again: CachePass
+    error: str | None = None
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> CacheRuns:
+        return CacheRuns(
+            data["where"], CachePass(**data["first"]), CachePass(**data["again"]), data.get("error")
+        )
 
 
 @dataclass(frozen=True)
@@ -66,6 +96,7 @@ class Measurement:
     pct_of_ceiling: float | None = None  # tokens/s x FLOPs per token / that ceiling's rate, in %
     error: str | None = None
     scores: tuple[float, ...] = ()
+    score_cache: CacheRuns | None = None  # with --score-cache: the batch job through it, first and again
 
 
 def setup_config(base: LoaderConfig, setup: str) -> LoaderConfig:
@@ -114,14 +145,29 @@ def machine() -> str:
     return f"{cpu}, {cpu_threads()} CPU threads, Python {platform.python_version()}"
 
 
+@dataclass(frozen=True)
+class CacheSpec:
+    """The score cache to measure through: what ``--score-cache`` named and its bound in bytes."""
+
+    spec: str
+    max_bytes: int | None = None
+
+
 def run_setups(
-    base: LoaderConfig, setups: Sequence[str], requests: Sequence[Request], *, timeout: float | None = None
+    base: LoaderConfig,
+    setups: Sequence[str],
+    requests: Sequence[Request],
+    *,
+    timeout: float | None = None,
+    cache: CacheSpec | None = None,
 ) -> list[Measurement]:
-    """Measure each setup in its own child process; the first one is the accuracy reference."""
+    """Measure each setup in its own child process; the first one is the accuracy reference. With
+    ``cache``, each child also runs the batch job through that score cache (:class:`CacheRuns`)."""
     results: list[Measurement] = []
     for setup in setups:
         config = setup_config(base, setup)
-        job = {"config": asdict(config), "setup": setup, "requests": [asdict(r) for r in requests]}
+        job = {"config": asdict(config), "setup": setup, "requests": [asdict(r) for r in requests],
+               "cache": asdict(cache) if cache else None}  # fmt: skip
         try:
             if config.backend == "onnx":  # export (once, cached) first: its memory is not scoring's
                 _child_run({**job, "prepare": True}, timeout)
@@ -136,6 +182,7 @@ def run_setups(
             continue
         data = json.loads(lines[-1])
         data["scores"] = tuple(data["scores"])
+        data["score_cache"] = CacheRuns.from_dict(data["score_cache"]) if data.get("score_cache") else None
         results.append(Measurement(**data))
     return with_deltas(results)
 
@@ -209,8 +256,12 @@ def percentile(values: Sequence[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))]
 
 
-def measure(config: LoaderConfig, setup: str, requests: Sequence[Request]) -> Measurement:
-    """Run in the child: load, warm up, time the batch job and each request, read peak memory."""
+def measure(
+    config: LoaderConfig, setup: str, requests: Sequence[Request], cache: CacheSpec | None = None
+) -> Measurement:
+    """Run in the child: load, warm up, time the batch job and each request, read peak memory; then,
+    with ``cache``, the batch job through the score cache twice (after the rest: it changes no figure
+    above, and its memory is the store's)."""
     from .backends import load_scorer
     from .ceilings import attention_length
     from .engine import JobControl, score_pairs
@@ -242,6 +293,7 @@ def measure(config: LoaderConfig, setup: str, requests: Sequence[Request]) -> Me
         import torch
 
         peak_gpu = torch.cuda.max_memory_allocated() / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return Measurement(
         setup=setup,
         pairs=len(pairs),
@@ -251,13 +303,41 @@ def measure(config: LoaderConfig, setup: str, requests: Sequence[Request]) -> Me
         tokens_per_s=tokens / seconds,
         latency_p50_ms=percentile(latencies, 50),
         latency_p95_ms=percentile(latencies, 95),
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mb=rss,
         peak_gpu_mb=peak_gpu,
         load_s=getattr(scorer, "load_seconds", 0.0),
         device=f"{device} {scorer.describe().get('dtype', '')}".strip(),
         attention_length=attention_length(lengths),
         scores=tuple(s.score for s in scored),
+        score_cache=None if cache is None else cached_runs(scorer, pairs, cache, cuda),
     )
+
+
+def cached_runs(scorer: Any, pairs: Sequence[Pair], cache: CacheSpec, cuda: bool = False) -> CacheRuns:
+    """The batch job over ``pairs`` through the score cache, twice: first (its misses scored and stored),
+    then again (every pair known, unless the store failed: then ``error`` says why)."""
+    from .score_cache import bind, open_store
+    from .service.cache import public_where
+
+    store = open_store(cache.spec, cache.max_bytes)
+    try:
+        bound = bind(store, scorer, ScoreOptions())
+        first, again = (_cached_pass(scorer, pairs, bound, cuda) for _ in range(2))
+    finally:
+        store.close()
+    return CacheRuns(public_where(store.where), first, again, bound.failed)
+
+
+def _cached_pass(scorer: Any, pairs: Sequence[Pair], bound: Any, cuda: bool) -> CachePass:
+    from .engine import JobControl, score_pairs
+
+    control = JobControl(cache=bound)
+    started = time.perf_counter()
+    score_pairs(scorer, pairs, control=control)
+    _sync(cuda)
+    seconds = time.perf_counter() - started
+    stats = control.stats
+    return CachePass(seconds, len(pairs) / seconds, stats.cache_hits, stats.cache_misses)
 
 
 def _sync(cuda: bool) -> None:
@@ -271,6 +351,7 @@ def _child() -> int:
     job = json.loads(sys.stdin.read())
     config = LoaderConfig(**job["config"])
     requests = [Request(r["query"], tuple(r["passages"])) for r in job["requests"]]
+    cache = CacheSpec(**job["cache"]) if job.get("cache") else None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if job.get("prepare"):
@@ -278,7 +359,7 @@ def _child() -> int:
 
             load_scorer(config)
             return 0
-        result = measure(config, job["setup"], requests)
+        result = measure(config, job["setup"], requests, cache)
     except (ModelError, UsageError) as exc:
         print(str(exc), file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ from .exits import reported_errors
 from .views import STAND_IN
 
 if TYPE_CHECKING:
-    from ..benchmark import Measurement, Request
+    from ..benchmark import CacheSpec, Measurement, Request
     from ..ceilings import Ceiling
 
 
@@ -78,10 +78,12 @@ def bench(
         ),
     ] = None,
     fmt: opt.ReportFormatOption = opt.ReportFormat.AUTO,
+    score_cache: opt.ScoreCacheOption = None,
+    score_cache_max_size: opt.ScoreCacheMaxSize = None,
 ) -> None:
     """Measure pairs/s, latency p50/p95 and peak memory of each precision and backend, side by side.
 
-    Each setup runs in a fresh process on the same requests: one batch job over all pairs (pairs/s, tokens/s) and each request on its own (latency). Scores are compared with the first setup's (max |Δ score|), so the accuracy a faster setup costs is shown next to its speed. int8 and bf16 change scores: check that column on your own data before you switch. The machine's limit is measured in the same run: the CPU's ISA flags, each backend's GEMM rate on a layer-sized problem (before and after the setups, the faster counts), and each setup as % of its ceiling (tokens/s x the model's FLOPs per token / GEMM rate).
+    Each setup runs in a fresh process on the same requests: one batch job over all pairs (pairs/s, tokens/s) and each request on its own (latency). Scores are compared with the first setup's (max |Δ score|), so the accuracy a faster setup costs is shown next to its speed. int8 and bf16 change scores: check that column on your own data before you switch. The machine's limit is measured in the same run: the CPU's ISA flags, each backend's GEMM rate on a layer-sized problem (before and after the setups, the faster counts), and each setup as % of its ceiling (tokens/s x the model's FLOPs per token / GEMM rate). With --score-cache, each setup then runs the batch job through the cache, first (storing what it does not know) and again (every pair known): the JSON's score_cache, and the table's cached p/s and known columns.
     """
     from ..benchmark import (
         default_setups,
@@ -106,6 +108,7 @@ def bench(
         chosen = [s.strip() for s in setups.split(",") if s.strip()] if setups else default_setups(where)
         for setup in chosen:
             setup_config(config, setup)  # unknown names fail before any model loads
+        cache = _cache_spec(score_cache, score_cache_max_size)
         requests = _requests(input_path) if input_path else demo_requests()
         random_weights = _random_weights(config)
         if random_weights:  # said before the measuring and even with -f json (on stderr): the speed is real
@@ -120,7 +123,7 @@ def bench(
         with _status("measuring GEMM ceilings …"):
             before = measure_ceilings(config, chosen, where, timeout=timeout) if ceilings else []
         with _status(f"measuring {', '.join(chosen)} …"):
-            results = run_setups(config, chosen, requests, timeout=timeout)
+            results = run_setups(config, chosen, requests, timeout=timeout, cache=cache)
         with _status("measuring GEMM ceilings again …"):  # a neighbour's load may have slowed the first
             after = measure_ceilings(config, chosen, where, timeout=timeout) if ceilings else []
         measured = best_of(before, after)
@@ -139,13 +142,14 @@ def bench(
             "ceilings_before": [c.to_dict() for c in before],
             "ceilings_after": [c.to_dict() for c in after],
         }
+        if cache is not None:
+            header["score_cache"] = next((r.score_cache.where for r in results if r.score_cache), cache.spec)
         if recommend:
             header["recommendation"] = _recommend(config, results)
         if plot is not None:
             _draw(header, results, plot)
         if as_json:
-            rows = [{**_ran_as(config, r.setup), **{k: v for k, v in asdict(r).items() if k != "scores"}}
-                    for r in results]  # fmt: skip
+            rows = [{**_ran_as(config, r.setup), **_row(r)} for r in results]
             sys.stdout.buffer.write(
                 orjson.dumps(
                     {**header, "results": rows}, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
@@ -155,6 +159,27 @@ def bench(
             out_console(width=None if sys.stdout.isatty() else 132).print(_table(header, results, measured))
         if any(r.error is not None for r in results):
             raise typer.Exit(ExitCode.CHECKS_FAILED)
+
+
+def _cache_spec(spec: str | None, max_size: str | None) -> CacheSpec | None:
+    """The score cache --score-cache names, checked here (a bad size or URL fails before any measuring);
+    each setup's process opens it."""
+    from ..benchmark import CacheSpec
+
+    store = opt.open_score_cache(spec, max_size)
+    if store is None or spec is None:
+        return None
+    store.close()
+    return CacheSpec(spec.strip(), store.max_bytes)
+
+
+def _row(result: Measurement) -> dict[str, Any]:
+    """A result for the JSON report: without its scores, and without ``score_cache`` when none was used."""
+    row = asdict(result)
+    del row["scores"]
+    if result.score_cache is None:
+        del row["score_cache"]
+    return row
 
 
 def _recommend(config: LoaderConfig, results: list[Measurement]) -> dict[str, Any]:
@@ -234,6 +259,11 @@ def _table(header: dict[str, Any], results: list[Measurement], ceilings: Sequenc
     elif ceilings:
         notes.append("%ceil: not computed, the model's shape (config.json) is unknown here")
     notes.append("max|Δ|: largest score (sigmoid) difference from the first setup on the same pairs")
+    cache = next((r.score_cache for r in results if r.score_cache is not None), None)
+    if cache is not None:
+        notes.append(
+            f"cached p/s: the batch job again, every pair known to the score cache {escape(cache.where)}"
+        )
     table = Table(
         title=f"bge-rerank bench: {escape(header['model'])} on {header['device']}, "
         f"{header['requests']} requests, {pairs} pairs\n" + "\n".join(notes),
@@ -247,6 +277,7 @@ def _table(header: dict[str, Any], results: list[Measurement], ceilings: Sequenc
     names += ["GPU MB"] if gpu else []
     names += ["%ceil"] if ceilings else []
     names += ["max|Δ|"]
+    names += ["cached p/s", "known"] if cache is not None else []
     for name in names:
         table.add_column(name, justify="left" if name in ("setup", "ran as") else "right", no_wrap=True)
     for r in results:
@@ -265,11 +296,25 @@ def _table(header: dict[str, Any], results: list[Measurement], ceilings: Sequenc
         cells += ["-" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}"] if gpu else []
         cells += ["-" if r.pct_of_ceiling is None else f"{r.pct_of_ceiling:.0f}%"] if ceilings else []
         cells += ["-" if r.max_abs_delta is None else f"{r.max_abs_delta:.1e}"]
+        cells += _cache_cells(r) if cache is not None else []
         table.add_row(*cells)
     failures = [
         f"[red]{escape(r.setup)} failed:[/] {escape(r.error)}" for r in results if r.error is not None
+    ]
+    failures += [
+        f"[yellow]{escape(r.setup)}: the score cache failed, uncached:[/] {escape(r.score_cache.error)}"
+        for r in results
+        if r.score_cache is not None and r.score_cache.error is not None
     ]
     if failures:
         table.caption = "\n".join(failures)
         table.caption_justify = "left"
     return table
+
+
+def _cache_cells(result: Measurement) -> list[str]:
+    runs = result.score_cache
+    if runs is None or runs.error is not None:
+        return ["-", "-"]
+    again = runs.again
+    return [f"{again.pairs_per_s:.2f}", f"{again.hits}/{again.hits + again.misses}"]

@@ -90,10 +90,12 @@ def eval_(
     ] = None,
     fmt: opt.ReportFormatOption = opt.ReportFormat.AUTO,
     quiet: opt.Quiet = False,
+    score_cache: opt.ScoreCacheOption = None,
+    score_cache_max_size: opt.ScoreCacheMaxSize = None,
 ) -> None:
     """Measure the reranker on judged data: nDCG@10, MRR@10, Recall@10/100 and MAP before and after.
 
-    First-stage candidates come from a TREC run with a corpus and queries (--run with --corpus/--queries, or --run with --beir DIR), or from rerank JSONL (--candidates). The model reranks them, unless --reranked gives a run already reranked. Also reported: the top-1 replacement rate (how often reranking changes the first result), the mean absolute rank shift, and latency per query. Metrics come from ir-measures (trec_eval).
+    First-stage candidates come from a TREC run with a corpus and queries (--run with --corpus/--queries, or --run with --beir DIR), or from rerank JSONL (--candidates). The model reranks them, unless --reranked gives a run already reranked; with --score-cache, a rerun scores only the pairs it has not scored before. Also reported: the top-1 replacement rate (how often reranking changes the first result), the mean absolute rank shift, and latency per query. Metrics come from ir-measures (trec_eval).
 
     \b
     Examples:
@@ -114,15 +116,21 @@ def eval_(
         source = _first_stage(run, corpus, queries, candidates, depth)
         if candidates is not None and depth:
             task = RerankTask(task.options, depth=depth)
-        latency, made_with = None, None
+        latency, made_with, cached = None, None, None
         if reranked is not None:
             before = run_from_items(read_all(source, task))
             after = read_ranked(reranked)
         else:
-            with console.progress(quiet) as advance:
-                report = run_job(
-                    Job(source, task, Output(format="rows")), console.loader(config, quiet), progress=advance
-                )
+            store = opt.open_score_cache(score_cache, score_cache_max_size)
+            try:
+                with console.progress(quiet) as advance:
+                    report = run_job(Job(source, task, Output(format="rows")), console.loader(config, quiet),
+                                     progress=advance, cache=store)  # fmt: skip
+            finally:
+                if store is not None:
+                    store.close()
+            if store is not None:
+                cached = _cache_report(store.where, report.stats.cache_hits, report.stats.cache_misses)
             results = report.rows or []
             latency = report.scoring_seconds / max(len(results), 1)
             before, after = first_stage_run(results), run_from_results(results)
@@ -139,6 +147,8 @@ def eval_(
             del summary["per_query"]
         if made_with is not None:
             summary = {"model": made_with, **summary}
+        if cached is not None:
+            summary["score_cache"] = cached
         if plot is not None:
             _draw(changes, plot, made_with, reranked, quiet)
         if fmt == "json" or (fmt == "auto" and not sys.stdout.isatty()):
@@ -157,6 +167,15 @@ def _draw(
     written = draw_eval(changes, path, made_by=made_by, random_weights=random)
     if not quiet:
         console.say(f"plot written to {escape(str(written))}")
+
+
+def _cache_report(where: str, hits: int, misses: int) -> dict[str, Any]:
+    """The score cache's part of the report: where it is (no secrets), the distinct pairs it knew and not."""
+    from ..service.cache import public_where
+
+    asked = hits + misses
+    return {"where": public_where(where), "hits": hits, "misses": misses,
+            "hit_rate": hits / asked if asked else None}  # fmt: skip
 
 
 def _made_with(described: dict[str, Any], config: LoaderConfig) -> dict[str, Any]:
@@ -199,6 +218,14 @@ def _render(report: dict[str, Any], changes: list[QueryChange], console: Console
         f"{report['queries']}); mean |rank shift| {report['mean_abs_rank_shift']:.2f}"
         + (f"; latency {latency:.0f} ms/query" if latency is not None else "")
     )
+    cache = report.get("score_cache")
+    if cache is not None:
+        asked = cache["hits"] + cache["misses"]
+        rate = f" ({cache['hit_rate']:.0%})" if cache["hit_rate"] is not None else ""
+        console.print(
+            f"score cache {escape(cache['where'])}: {cache['hits']} of {asked} distinct pairs known{rate}",
+            soft_wrap=True,  # a long path is not folded
+        )
     console.print()
     render_query_changes(changes, console)
     if "per_query" in report:

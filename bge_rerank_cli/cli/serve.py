@@ -152,10 +152,12 @@ def serve(
             rich_help_panel=SERVICE,
         ),
     ] = LogFormat.TEXT,
+    score_cache: opt.ScoreCacheOption = None,
+    score_cache_max_size: opt.ScoreCacheMaxSize = None,
 ) -> None:
     """Serve the reranker over HTTP: Cohere v2 (POST /v2/rerank), Jina/vLLM (POST /v1/rerank), TEI (POST /rerank) and pair scores (POST /score), with /health, /ready, /metrics (Prometheus) and the OpenAPI page (/docs).
 
-    Scores equal `bge-rerank score` on the same pairs and options. Concurrent requests share forward passes (one model worker). Stops on SIGTERM/SIGINT after the requests in flight (--drain-seconds).
+    Scores equal `bge-rerank score` on the same pairs and options. Concurrent requests share forward passes (one model worker). With --score-cache, pairs scored before (by the service or a batch job with the same settings) are answered from the cache and only the others reach the model. Stops on SIGTERM/SIGINT after the requests in flight (--drain-seconds).
 
     \b
     Needs the serve extra:  pip install 'bge-rerank-cli[serve]'
@@ -185,7 +187,9 @@ def serve(
             say(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach this port can use "
                 "the model and fill its queue. Set --api-key (or BGE_RERANK_API_KEY), or bind 127.0.0.1.")  # fmt: skip
         limits = Limits(max_docs, max_body_bytes, max_queue, timeout, gather_ms / 1000)
-        engine = Engine(config, options, limits)
+        engine = Engine(
+            config, options, limits, score_cache=opt.open_score_cache(score_cache, score_cache_max_size)
+        )
         metrics, drain = Metrics(), Drain(drain_seconds)
         fatal: list[BaseException] = []
         server: Server | None = None

@@ -82,6 +82,7 @@ def create_app(
     metrics = metrics or Metrics()
     drain = drain or Drain()
     engine.observer = engine.observer or metrics
+    engine.cache_observer = engine.cache_observer or metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -93,8 +94,10 @@ def create_app(
                     on_fatal(exc)
                 return
             info = engine.describe()
+            cache = engine.describe_cache()
+            cached = f"; score cache {cache['where']}" if cache else ""
             print(f"bge-rerank serve: ready ({info.get('backend')} {info.get('dtype')} on {info.get('device')}, "
-                  f"max length {info.get('max_length')})", file=sys.stderr, flush=True)  # fmt: skip
+                  f"max length {info.get('max_length')}{cached})", file=sys.stderr, flush=True)  # fmt: skip
             if info.get("random_weights"):
                 print(f"bge-rerank serve: stand-in model: {engine.model} has RANDOM weights (built by "
                       "tools/random_model.py): its scores and orders are meaningless.", file=sys.stderr, flush=True)  # fmt: skip
@@ -142,12 +145,14 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics, drain: Drain) -> Non
             return JSONResponse({"status": state, "model": engine.model, **engine.describe()})
         return JSONResponse({"status": state, "model": engine.model}, 503)
 
-    @app.get("/info", summary="What answers: model, revision, backend, device, dtype, random weights")
+    @app.get(
+        "/info", summary="What answers: model, revision, backend, device, dtype, random weights, score cache"
+    )
     async def info() -> JSONResponse:
         if not engine.ready:
             raise NotReady("the model is still loading; see GET /ready.")
         return JSONResponse({"model": engine.model, "revision": engine.config.revision, **engine.describe(),
-                             "version": __version__})  # fmt: skip
+                             "score_cache": engine.describe_cache(), "version": __version__})  # fmt: skip
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
@@ -173,7 +178,9 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics, drain: Drain) -> Non
               summary="Jina / vLLM rerank")  # fmt: skip
     async def jina(body: s.JinaRerankRequest, request: Request) -> s.JinaRerankResponse:
         texts = s.texts_of(body.documents)
-        ranking = await _guard(request, drain, engine.rank(body.query, texts, top_n=body.top_n or None))
+        ranking = await _guard(
+            request, drain, engine.rank(body.query, texts, top_n=body.top_n or None, usage=True)
+        )
         _count(metrics, ranking, len(texts))
         results = [
             s.JinaResult(index=d.index, relevance_score=d.score,
@@ -201,8 +208,10 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics, drain: Drain) -> Non
         if len(body.pairs) > engine.limits.max_docs:
             raise TooManyDocuments(len(body.pairs), engine.limits.max_docs)
         items = [parse_score_item(obj, i, "pairs") for i, obj in enumerate(body.pairs)]
-        scored, tokens = await _guard(request, drain, engine.score([Pair(i.query, i.passage) for i in items]))
-        metrics.scored(len(set(item.pair for item in items)), tokens, sum(x.truncated for x in scored))
+        pairs = [Pair(i.query, i.passage) for i in items]
+        result = await _guard(request, drain, engine.score(pairs, usage=True))
+        scored, tokens = result.scored, result.tokens
+        metrics.scored(len(set(pairs)), result.model_tokens, sum(x.truncated for x in scored))
         records = [score_record(item, x) for item, x in zip(items, scored, strict=True)]
         return s.ScoreResponse(
             model=engine.model, results=records, usage=s.JinaUsage(prompt_tokens=tokens, total_tokens=tokens)
@@ -210,7 +219,7 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics, drain: Drain) -> Non
 
 
 def _count(metrics: Metrics, ranking: Any, documents: int) -> None:
-    metrics.scored(documents, ranking.tokens, ranking.truncated)
+    metrics.scored(documents, ranking.model_tokens, ranking.truncated)
     if documents:
         metrics.reranked(ranking.top1_replaced)
 

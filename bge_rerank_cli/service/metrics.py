@@ -12,7 +12,8 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Metrics:
-    """Request, batching, queue and quality counters; also the batcher's :class:`Observer`."""
+    """Request, batching, queue, score-cache and quality counters; also the batcher's :class:`Observer`
+    and the score cache's :class:`~bge_rerank_cli.service.cache.CacheObserver`."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -53,6 +54,16 @@ class Metrics:
                                      registry=r)  # fmt: skip
         self.top1_rate = Gauge(f"{PREFIX}_top1_replacement_rate",
                                "Share of rerank requests whose best document was not first in the input.", registry=r)  # fmt: skip
+        self.cache_hits = Counter(f"{PREFIX}_cache_hits", "Distinct pairs of a request the score cache answered.",
+                                  ["model"], registry=r)  # fmt: skip
+        self.cache_misses = Counter(f"{PREFIX}_cache_misses",
+                                    "Distinct pairs the score cache was asked for and did not hold.", ["model"],
+                                    registry=r)  # fmt: skip
+        self.cache_failures = Counter(f"{PREFIX}_cache_failures",
+                                      "Score cache stores that failed (the service then runs uncached).", ["model"],
+                                      registry=r)  # fmt: skip
+        self.cache_up = Gauge(f"{PREFIX}_cache_up", "1 while the score cache works, 0 once it failed and is off.",
+                              ["model"], registry=r)  # fmt: skip
         self._reranks = 0
         self._replaced = 0
 
@@ -72,6 +83,20 @@ class Metrics:
 
     def dropped(self) -> None:
         self.dropped_requests.inc()
+
+    # CacheObserver (called from worker threads)
+    def cache_lookup(self, model: str, hits: int, misses: int) -> None:
+        self.cache_hits.labels(model).inc(hits)
+        self.cache_misses.labels(model).inc(misses)
+
+    def cache_state(self, model: str, working: bool) -> None:
+        self.cache_up.labels(model).set(1 if working else 0)
+        if working:  # the counters shown from the start, at 0
+            self.cache_hits.labels(model)
+            self.cache_misses.labels(model)
+            self.cache_failures.labels(model)
+        else:
+            self.cache_failures.labels(model).inc()
 
     def scored(self, pairs: int, tokens: int, truncated: int) -> None:
         self.pairs.inc(pairs)

@@ -1,0 +1,120 @@
+"""The score cache in the service (``serve --score-cache``): a :class:`~bge_rerank_cli.score_cache.PairCache`
+bound to the loaded scorer and the service's score options, asked before a request's pairs are admitted
+and tokenised, and told what the model scored for them.
+
+Both calls are blocking I/O (SQLite, Redis): the engine runs them in worker threads, as it runs
+tokenising, never on the event loop. A store that fails is warned about once (one log line, by
+:class:`PairCache`), counted for the metrics, and the service goes on uncached. No web framework here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from ..records import Pair, Scored
+from ..score_cache import PairCache
+
+SECRET_PARAMETERS = ("password", "pass", "pwd", "auth", "token")
+
+
+def public_where(where: str) -> str:
+    """Where a store is, fit to show (``/info``, reports): a URL without the password of its user part
+    (``redis://:secret@host:6379/0`` is ``redis://host:6379/0``) or one in its query; a file path as is."""
+    if "://" not in where:
+        return where
+    parts = urlsplit(where)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    asked = parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in asked if k.lower() not in SECRET_PARAMETERS]
+    netloc = f"{user}@{hostport}" if user else hostport
+    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    shown += f"?{urlencode(query)}" if query else ""
+    return shown + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+class CacheObserver(Protocol):
+    """What the service's cache reports, for metrics: each lookup's hits and misses (distinct pairs), and
+    the store's state (working, or failed and off)."""
+
+    def cache_lookup(self, model: str, hits: int, misses: int) -> None: ...
+
+    def cache_state(self, model: str, working: bool) -> None: ...
+
+
+class _Clipped(PairCache):
+    """``base``'s store for requests that cut each document to ``tokens`` tokens first (Cohere's
+    ``max_tokens_per_doc``): keyed apart from uncut requests (the texts are the uncut ones, so the lookup
+    needs no tokenising), and sharing ``base``'s failure: one warning, and off together."""
+
+    def __init__(self, base: PairCache, tokens: int) -> None:
+        space = hashlib.sha256(base.space + b"max_tokens_per_doc=%d" % tokens).digest()
+        super().__init__(base.store, space, base.model)
+        self.base = base
+        self.failed = base.failed
+
+    def _failure(self, exc: BaseException) -> None:
+        self.base._failure(exc)
+        self.failed = self.base.failed
+
+
+class ServiceCache:
+    """The service's score cache: :meth:`lookup` and :meth:`remember` (blocking: call them from a worker
+    thread), counted in ``observer``; ``where`` without secrets, ``working`` until the store fails."""
+
+    def __init__(self, cache: PairCache, observer: CacheObserver | None = None) -> None:
+        self.cache = cache
+        self.model = cache.model
+        self.where = public_where(cache.store.where)
+        self.observer = observer
+        self._lock = threading.Lock()
+        self._reported = False
+        if observer is not None:
+            observer.cache_state(self.model, True)
+
+    @property
+    def working(self) -> bool:
+        return self.cache.failed is None
+
+    def _for(self, doc_tokens: int | None) -> PairCache:
+        return self.cache if doc_tokens is None else _Clipped(self.cache, doc_tokens)
+
+    def lookup(self, pairs: Sequence[Pair], doc_tokens: int | None = None) -> list[Scored | None]:
+        """The records the store holds for ``pairs`` (distinct), ``None`` for the rest (all of them once
+        the store has failed)."""
+        if not self.working or not pairs:
+            return [None] * len(pairs)
+        known = self._for(doc_tokens).lookup(pairs)
+        if self._check() and self.observer is not None:
+            hits = sum(k is not None for k in known)
+            self.observer.cache_lookup(self.model, hits, len(pairs) - hits)
+        return known
+
+    def remember(
+        self, pairs: Sequence[Pair], scored: Sequence[Scored], doc_tokens: int | None = None
+    ) -> None:
+        if self.working and pairs:
+            self._for(doc_tokens).remember(pairs, scored)
+            self._check()
+
+    def _check(self) -> bool:
+        """Whether the store still works; its first failure is reported to the observer once."""
+        if self.working:
+            return True
+        with self._lock:
+            first, self._reported = not self._reported, True
+        if first and self.observer is not None:
+            self.observer.cache_state(self.model, False)
+        return False
+
+    def describe(self) -> dict[str, object]:
+        return {"where": self.where, "working": self.working}
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # a store that failed may fail to close too; nothing is lost
+            self.cache.store.close()
