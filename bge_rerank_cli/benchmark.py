@@ -317,7 +317,6 @@ def cached_runs(scorer: Any, pairs: Sequence[Pair], cache: CacheSpec, cuda: bool
     """The batch job over ``pairs`` through the score cache, twice: first (its misses scored and stored),
     then again (every pair known, unless the store failed: then ``error`` says why)."""
     from .score_cache import bind, open_store
-    from .service.cache import public_where
 
     store = open_store(cache.spec, cache.max_bytes)
     try:
@@ -325,7 +324,7 @@ def cached_runs(scorer: Any, pairs: Sequence[Pair], cache: CacheSpec, cuda: bool
         first, again = (_cached_pass(scorer, pairs, bound, cuda) for _ in range(2))
     finally:
         store.close()
-    return CacheRuns(public_where(store.where), first, again, bound.failed)
+    return CacheRuns(store.where, first, again, bound.failed)
 
 
 def _cached_pass(scorer: Any, pairs: Sequence[Pair], bound: Any, cuda: bool) -> CachePass:

@@ -28,10 +28,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from .cache_stats import ModelStats, StoreStats
 from .config import ScoreOptions
 from .errors import UsageError
 from .records import Chunk, Pair, Scored
+from .score_cache_common import ModelStats, StoreStats
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def parse_size(text: str) -> int:
 class CacheStore(Protocol):
     """Where entries live. Every method may raise; :class:`PairCache` turns that into a warning."""
 
-    where: str
+    where: str  # fit to show: a URL without its password (see public_where)
     max_bytes: int
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]: ...

@@ -30,10 +30,10 @@ import re
 import threading
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from .cache_stats import ModelStats, StoreStats
 from .errors import BgeRerankError, UsageError, option
+from .score_cache_common import ModelStats, StoreStats, public_where
 
 PREFIX = "bge-rerank:"
 CONNECT_TIMEOUT = 2.0  # seconds: a dead server costs one warning, not a hang
@@ -167,16 +167,6 @@ def redis_url(spec: str) -> str:
     return f"{_SCHEMES.get(scheme.lower(), scheme.lower())}{sep}{rest}"
 
 
-def masked(spec: str) -> str:
-    """``spec`` without its password, fit for logs and warnings."""
-    parts = urlsplit(spec)
-    if parts.password is None:
-        return spec
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
 class RedisStore:
     """The :class:`~bge_rerank_cli.score_cache.CacheStore` on a Redis or Valkey server (see the module).
 
@@ -186,7 +176,7 @@ class RedisStore:
 
     def __init__(self, spec: str, max_bytes: int) -> None:
         self.spec = spec
-        self.where = masked(spec)
+        self.where = public_where(spec)
         self.max_bytes = max_bytes
         try:
             import redis

@@ -231,7 +231,7 @@ def test_a_damaged_value_is_a_miss_and_is_replaced(url: str):
 
 def test_urls_are_checked_when_opened_and_passwords_never_shown(server: Server):
     store = open_store(f"valkey://:s3cret@127.0.0.1:{server.port}/2", parse_size("1MB"))
-    assert isinstance(store, RedisStore) and "s3cret" not in store.where and "***" in store.where
+    assert isinstance(store, RedisStore) and "s3cret" not in store.where and "127.0.0.1" in store.where
     copy = pickle.loads(pickle.dumps(store))  # as a Ray worker receives it
     assert copy.where == store.where and copy.max_bytes == store.max_bytes
     with pytest.raises(UsageError, match="not a usable server URL"):

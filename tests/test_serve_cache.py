@@ -15,7 +15,8 @@ import pytest
 
 from bge_rerank_cli.records import Pair, Scored
 from bge_rerank_cli.score_cache import PairCache, SqliteStore, parse_size
-from bge_rerank_cli.service.cache import ServiceCache, public_where
+from bge_rerank_cli.score_cache_common import public_where
+from bge_rerank_cli.service.cache import ServiceCache
 from tests.test_serve import DOCS, KEY, LONG, QUERY, Server, start, stop
 
 httpx = pytest.importorskip("httpx")

@@ -14,28 +14,9 @@ import hashlib
 import threading
 from collections.abc import Sequence
 from typing import Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ..records import Pair, Scored
 from ..score_cache import PairCache
-
-SECRET_PARAMETERS = ("password", "pass", "pwd", "auth", "token")
-
-
-def public_where(where: str) -> str:
-    """Where a store is, fit to show (``/info``, reports): a URL without the password of its user part
-    (``redis://:secret@host:6379/0`` is ``redis://host:6379/0``) or one in its query; a file path as is."""
-    if "://" not in where:
-        return where
-    parts = urlsplit(where)
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    asked = parse_qsl(parts.query, keep_blank_values=True)
-    query = [(k, v) for k, v in asked if k.lower() not in SECRET_PARAMETERS]
-    netloc = f"{user}@{hostport}" if user else hostport
-    shown = f"{parts.scheme}://{netloc}{parts.path}"
-    shown += f"?{urlencode(query)}" if query else ""
-    return shown + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 class CacheObserver(Protocol):
@@ -70,7 +51,7 @@ class ServiceCache:
     def __init__(self, cache: PairCache, observer: CacheObserver | None = None) -> None:
         self.cache = cache
         self.model = cache.model
-        self.where = public_where(cache.store.where)
+        self.where = cache.store.where  # without secrets: stores show no password
         self.observer = observer
         self._lock = threading.Lock()
         self._reported = False

@@ -1,10 +1,11 @@
-"""What a score cache store holds, as the stores (SQLite, Redis) report it: typed records of their own,
-so each store imports them without importing the other."""
+"""What the score cache's stores (SQLite, Redis) share, in a module of their own so that neither imports
+the other: the typed records of what a store holds, and how a store's place is shown without secrets."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,22 @@ class StoreStats:
                 for name, m in sorted(self.models.items())
             },
         }
+
+
+SECRET_PARAMETERS = ("password", "pass", "pwd", "auth", "token")
+
+
+def public_where(where: str) -> str:
+    """Where a store is, fit to show (``/info``, reports): a URL without the password of its user part
+    (``redis://:secret@host:6379/0`` is ``redis://host:6379/0``) or one in its query; a file path as is."""
+    if "://" not in where:
+        return where
+    parts = urlsplit(where)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    asked = parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in asked if k.lower() not in SECRET_PARAMETERS]
+    netloc = f"{user}@{hostport}" if user else hostport
+    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    shown += f"?{urlencode(query)}" if query else ""
+    return shown + (f"#{parts.fragment}" if parts.fragment else "")
