@@ -336,6 +336,25 @@ def decode_value(key: bytes, raw: bytes) -> Scored | None:
     return Scored(logit, truncated, dropped, query_dropped, chunk)
 
 
+class _Health:
+    """Whether a store still works, shared by the caches bound to it: its first failure is warned about
+    once, and all of them go uncached together."""
+
+    def __init__(self) -> None:
+        self.failed: str | None = None
+        self.lock = threading.Lock()
+
+    def fail(self, exc: BaseException, where: str) -> None:
+        with self.lock:
+            if self.failed is None:
+                self.failed = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "score cache %s is unusable (%s); going on without it: every pair is scored by the model.",
+                    where,
+                    self.failed,
+                )
+
+
 class PairCache:
     """A store bound to one scorer's settings: what the engine asks before scoring pairs and tells after.
 
@@ -343,22 +362,25 @@ class PairCache:
     through logging), and the cache then stays off for the rest of the run: scores come from the model.
     """
 
-    def __init__(self, store: CacheStore, space: bytes, model: str) -> None:
+    def __init__(self, store: CacheStore, space: bytes, model: str, health: _Health | None = None) -> None:
         self.store, self.space, self.model = store, space, model
         self.hits = 0
         self.misses = 0
-        self.failed: str | None = None
+        self._health = health or _Health()
         self._lock = threading.Lock()
 
+    @property
+    def failed(self) -> str | None:
+        """Why the store failed (then the cache is off), or ``None`` while it works."""
+        return self._health.failed
+
+    def derived(self, setting: bytes) -> PairCache:
+        """This cache for pairs scored with one more ``setting`` (e.g. a request's own token cut): keyed
+        apart, sharing the store and its health (one warning, off together)."""
+        return PairCache(self.store, hashlib.sha256(self.space + setting).digest(), self.model, self._health)
+
     def _failure(self, exc: BaseException) -> None:
-        with self._lock:
-            if self.failed is None:
-                self.failed = f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "score cache %s is unusable (%s); going on without it: every pair is scored by the model.",
-                    self.store.where,
-                    self.failed,
-                )
+        self._health.fail(exc, self.store.where)
 
     def lookup(self, pairs: Sequence[Pair]) -> list[Scored | None]:
         if self.failed is not None:

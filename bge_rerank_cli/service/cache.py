@@ -10,7 +10,6 @@ tokenising, never on the event loop. A store that fails is warned about once (on
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 from collections.abc import Sequence
 from typing import Protocol
@@ -26,22 +25,6 @@ class CacheObserver(Protocol):
     def cache_lookup(self, model: str, hits: int, misses: int) -> None: ...
 
     def cache_state(self, model: str, working: bool) -> None: ...
-
-
-class _Clipped(PairCache):
-    """``base``'s store for requests that cut each document to ``tokens`` tokens first (Cohere's
-    ``max_tokens_per_doc``): keyed apart from uncut requests (the texts are the uncut ones, so the lookup
-    needs no tokenising), and sharing ``base``'s failure: one warning, and off together."""
-
-    def __init__(self, base: PairCache, tokens: int) -> None:
-        space = hashlib.sha256(base.space + b"max_tokens_per_doc=%d" % tokens).digest()
-        super().__init__(base.store, space, base.model)
-        self.base = base
-        self.failed = base.failed
-
-    def _failure(self, exc: BaseException) -> None:
-        self.base._failure(exc)
-        self.failed = self.base.failed
 
 
 class ServiceCache:
@@ -63,7 +46,7 @@ class ServiceCache:
         return self.cache.failed is None
 
     def _for(self, doc_tokens: int | None) -> PairCache:
-        return self.cache if doc_tokens is None else _Clipped(self.cache, doc_tokens)
+        return self.cache if doc_tokens is None else self.cache.derived(b"max_tokens_per_doc=%d" % doc_tokens)
 
     def lookup(self, pairs: Sequence[Pair], doc_tokens: int | None = None) -> list[Scored | None]:
         """The records the store holds for ``pairs`` (distinct), ``None`` for the rest (all of them once
