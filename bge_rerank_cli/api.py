@@ -58,6 +58,7 @@ class Reranker:
         self._own_scorer = scorer is not None
         self._store = _open_store(score_cache, score_cache_max_size)
         self._bound: Any = None  # the store bound to the loaded scorer's settings, on first use
+        self._bound_to: tuple[ScoreOptions, int] | None = None
 
     @property
     def scorer(self) -> Scorer:
@@ -75,12 +76,27 @@ class Reranker:
         return self._scorer
 
     def _control(self) -> JobControl:
-        """How in-memory calls score: through the score cache when there is one."""
-        if self._store is not None and self._bound is None:
-            from .score_cache import bind
+        """How in-memory calls score: through the score cache when there is one, bound to the options and
+        scorer of this call (both are attributes a caller may change)."""
+        if self._store is None:
+            return JobControl()
+        if self._bound is None or self._bound_to != (self.options, id(self.scorer)):
+            from .jobs.settings import bind_cache
 
-            self._bound = bind(self._store, self.scorer, self.options)
+            self._bound = bind_cache(self._store, self.scorer, self.options)
+            self._bound_to = (self.options, id(self.scorer))
         return JobControl(cache=self._bound)
+
+    def close(self) -> None:
+        """Close the score cache's store (a SQLite connection, a Redis pool); the model stays loaded."""
+        if self._store is not None:
+            self._store.close()
+
+    def __enter__(self) -> Reranker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def cache_stats(self) -> tuple[int, int]:

@@ -316,11 +316,12 @@ def measure(
 def cached_runs(scorer: Any, pairs: Sequence[Pair], cache: CacheSpec, cuda: bool = False) -> CacheRuns:
     """The batch job over ``pairs`` through the score cache, twice: first (its misses scored and stored),
     then again (every pair known, unless the store failed: then ``error`` says why)."""
-    from .score_cache import bind, open_store
+    from .jobs.settings import bind_cache
+    from .score_cache import open_store
 
     store = open_store(cache.spec, cache.max_bytes)
     try:
-        bound = bind(store, scorer, ScoreOptions())
+        bound = bind_cache(store, scorer, ScoreOptions())
         first, again = (_cached_pass(scorer, pairs, bound, cuda) for _ in range(2))
     finally:
         store.close()

@@ -73,10 +73,11 @@ class ScoreActor:
         self.scorer = load_scorer(job.config)
         self.cache = None
         if job.score_cache is not None:
-            from .score_cache import bind, open_store
+            from .jobs.settings import bind_cache
+            from .score_cache import open_store
 
             store = open_store(job.score_cache, job.score_cache_max_size)
-            self.cache = bind(store, self.scorer, getattr(job.task, "options", ScoreOptions()))
+            self.cache = bind_cache(store, self.scorer, getattr(job.task, "options", ScoreOptions()))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from .engine import JobControl

@@ -13,22 +13,21 @@ never gives a wrong score and never stops the work: :class:`PairCache` warns onc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
-import os
 import re
 import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
-from .config import ScoreOptions
 from .errors import UsageError
 from .records import Chunk, Pair, Scored
 from .score_cache_common import ModelStats, StoreStats
@@ -112,6 +111,19 @@ def open_store(spec: str, max_bytes: int | None = None) -> CacheStore:
     return SqliteStore(default_path() if spec == DEFAULT else Path(spec).expanduser(), size)
 
 
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction; rolled back on error (unless SQLite already did, e.g. on a full disk)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 class SqliteStore:
     """Entries in one SQLite file: WAL mode, a busy timeout for several writers, LRU by last use."""
 
@@ -161,9 +173,13 @@ class SqliteStore:
                         f"SELECT key, CAST(value AS BLOB) FROM scores WHERE key IN ({marks})", part
                     ).fetchall()
                 )
-            if found:
-                now = time.time_ns()
-                db.executemany("UPDATE scores SET used = ? WHERE key = ?", [(now, k) for k in found])
+            if found:  # one write transaction for the whole lookup's last-use times
+                now, known = time.time_ns(), list(found)
+                with _transaction(db):
+                    for start in range(0, len(known), 500):
+                        part = known[start : start + 500]
+                        marks = ",".join("?" * len(part))
+                        db.execute(f"UPDATE scores SET used = ? WHERE key IN ({marks})", [now, *part])
         return found
 
     def put_many(self, entries: Sequence[tuple[bytes, bytes]], model: str) -> None:
@@ -173,15 +189,15 @@ class SqliteStore:
         rows = [(k, v, model, now, len(k) + len(v) + len(model) + ENTRY_OVERHEAD) for k, v in entries]
         with self._lock:
             db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 before = db.total_changes
-                db.executemany("INSERT OR IGNORE INTO scores VALUES (?, ?, ?, ?, ?)", rows)
+                # A stored value that differs (damaged: it failed its checksum) is replaced.
+                db.executemany(
+                    "INSERT INTO scores VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                    "value = excluded.value, used = excluded.used WHERE scores.value IS NOT excluded.value",
+                    rows,
+                )
                 added = db.total_changes - before
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             if self._bytes is None:
                 self._bytes = self._total(db)
             else:
@@ -195,17 +211,16 @@ class SqliteStore:
     def _evict(self, db: sqlite3.Connection) -> None:
         """Delete the least recently used entries down to 90% of the bound (other writers' entries
         counted: the sum is read from the file)."""
-        total, target = self._total(db), int(self.max_bytes * 0.9)
-        while total > target:
-            count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM scores").fetchone()
-            if not count:
+        target = int(self.max_bytes * 0.9)
+        while True:
+            count, total = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM scores").fetchone()
+            if total <= target or not count:
                 break
-            drop = max(1, math.ceil((total - target) / (size / count)))
+            drop = max(1, math.ceil((total - target) / (total / count)))
             db.execute(
                 "DELETE FROM scores WHERE key IN (SELECT key FROM scores ORDER BY used LIMIT ?)", (drop,)
             )
-            total = self._total(db)
-        self._bytes = total
+        self._bytes = int(total)
 
     def count(self, model: str, hits: int, misses: int) -> None:
         if not hits and not misses:
@@ -264,16 +279,10 @@ class SqliteStore:
 # --- keys and values ------------------------------------------------------------------------------------
 
 
-def namespace(settings: Mapping[str, Any], options: ScoreOptions) -> bytes:
-    """One digest of the settings a record depends on (model files, backend, ..., long-passage options)."""
-    chunk = options.long_docs == "chunk"
-    keyed = {
-        "format": FORMAT,
-        **{name: settings[name] for name in sorted(settings)},
-        "long_docs": options.long_docs,
-        "chunk_overlap": options.chunk_overlap if chunk else None,
-        "max_chunks": options.max_chunks if chunk else None,
-    }
+def namespace(settings: Mapping[str, Any]) -> bytes:
+    """One digest of the settings a record depends on, as :func:`bge_rerank_cli.jobs.settings.bind_cache`
+    gathers them (model files, backend, ..., the long-passage options)."""
+    keyed = {"format": FORMAT, **settings}
     return hashlib.sha256(orjson.dumps(keyed, option=orjson.OPT_SORT_KEYS)).digest()
 
 
@@ -414,18 +423,3 @@ class PairCache:
             self.store.count(self.model, hits, misses)
         except Exception as exc:
             self._failure(exc)
-
-
-def bind(store: CacheStore, scorer: Any, options: ScoreOptions) -> PairCache:
-    """``store`` for pairs scored by ``scorer`` (loaded) with ``options``: the key covers every setting
-    :func:`bge_rerank_cli.jobs.settings.after_load` resolves, as the checkpoint of a job records them."""
-    from .jobs.settings import after_load
-
-    settings = {name: setting.value for name, setting in after_load(scorer).items()}
-    return PairCache(store, namespace(settings, options), str(scorer.config.model))
-
-
-def from_env(value: str | None = None) -> str | None:
-    """The ``--score-cache`` value, else ``$BGE_RERANK_SCORE_CACHE``; ``None`` (no cache) when neither."""
-    chosen = value if value is not None else os.environ.get(ENV)
-    return chosen.strip() if chosen and chosen.strip() else None

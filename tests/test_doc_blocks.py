@@ -38,6 +38,8 @@ import pytest
 
 from tests.conftest import REPO, SAMPLES
 
+pytestmark = pytest.mark.slow  # servers, a 15,000-pair job stopped part-way, every page's commands
+
 PAGES = [REPO / "README.md", *sorted(p for p in (REPO / "docs").glob("*.md") if p.name != "cli.md")]
 LANGS = ("console", "bash", "python")
 NEEDS = re.compile(r"#\s*(needs\b.*)$")
@@ -213,6 +215,7 @@ class Page:
         if self.python is not None:
             self.python.kill()
             self.python.wait()
+            self.python = None
         for proc in self.background:
             _stop(proc)
 

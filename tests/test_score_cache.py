@@ -153,6 +153,8 @@ def test_a_corrupted_value_in_the_file_is_scored_again(tiny_xlmr: Path, tmp_path
     db.close()
     warm, (hits, misses) = _score(tiny_xlmr, cache)
     assert (hits, misses) == (0, len(PAIRS)) and warm == cold
+    again, (hits, _) = _score(tiny_xlmr, cache)  # the damaged values were replaced by the rescored ones
+    assert hits == len(PAIRS) and again == cold
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
@@ -283,3 +285,18 @@ def test_the_score_cache_command_reports_and_clears(tiny_xlmr: Path, tmp_path: P
         Path(str(cache) + suffix).unlink(missing_ok=True)
     broken = run_cli(["score-cache", "stats", "--score-cache", str(cache)])
     assert broken.returncode == 2 and b"cannot read it" in broken.stderr and b"Traceback" not in broken.stderr
+
+
+def test_the_api_keys_each_call_by_its_current_options(tiny_xlmr: Path, tmp_path: Path):
+    """``Reranker.options`` may be changed between calls: a call never meets entries of other options."""
+    with Reranker(
+        str(tiny_xlmr), device="cpu", score_cache=str(tmp_path / "c.sqlite"), max_length=64
+    ) as reranker:
+        truncated = reranker.score_pairs(PAIRS)
+        reranker.options = ScoreOptions("chunk")
+        chunked = reranker.score_pairs(PAIRS)
+        assert truncated[3].truncated and truncated[3].best_chunk is None
+        assert chunked[3].best_chunk is not None and chunked[3].best_chunk.count > 1
+        assert reranker.cache_stats == (0, len(PAIRS))  # the chunk-mode binding: nothing known yet
+        reranker.options = ScoreOptions()
+        assert reranker.score_pairs(PAIRS) == truncated and reranker.cache_stats == (len(PAIRS), 0)

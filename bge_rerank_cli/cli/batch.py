@@ -152,6 +152,8 @@ def run_batch(
     switch = StopSwitch()
     with ExitStack() as stack:
         stack.enter_context(switch.installed())
+        if cache is not None:
+            stack.callback(cache.close)
         meter = stack.enter_context(term.job_progress(flags.quiet, source))
         report = run(
             job,

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..config import LoaderConfig
 from ..errors import ExitCode, UsageError
+from ..score_cache_common import public_where
 from . import options as opt
 from .console import err_console, out_console
 from .exits import reported_errors
@@ -143,7 +144,9 @@ def bench(
             "ceilings_after": [c.to_dict() for c in after],
         }
         if cache is not None:
-            header["score_cache"] = next((r.score_cache.where for r in results if r.score_cache), cache.spec)
+            header["score_cache"] = next(
+                (r.score_cache.where for r in results if r.score_cache), public_where(cache.spec)
+            )
         if recommend:
             header["recommendation"] = _recommend(config, results)
         if plot is not None:

@@ -193,9 +193,9 @@ def run(
         scoring_started = time.perf_counter()
         control = JobControl(stats=report.stats, on_progress=progress, should_stop=stop)
         if cache is not None:
-            from ..score_cache import bind
+            from .settings import bind_cache
 
-            control.cache = bind(cache, scorer, getattr(job.task, "options", ScoreOptions()))
+            control.cache = bind_cache(cache, scorer, report.options)
         base = Checkpoint(input=job.source.name, skipped=ckpt.skipped, blank=ckpt.blank)
         write = _writer(output.format, out, job.task, report)
         if position is not None:

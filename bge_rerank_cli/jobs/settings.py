@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import LoaderConfig
+from ..config import LoaderConfig, ScoreOptions
 from ..errors import option
 
 if TYPE_CHECKING:
     from ..backends.base import Scorer
+    from ..score_cache import CacheStore, PairCache
     from .sources import Source
     from .tasks import Task
 
@@ -82,15 +83,22 @@ def _asked(value: Any, requested: Any) -> Setting:
     return Setting(value, f"{value} ({requested})" if requested == "auto" else f"{value} (asked {requested})")
 
 
+def options_settings(options: ScoreOptions) -> Settings:
+    """What the long-passage options bind: the window options only in chunk mode."""
+    chunk = options.long_docs == "chunk"
+    return {
+        "long_docs": _plain(options.long_docs),
+        "chunk_overlap": _plain(options.chunk_overlap if chunk else None),
+        "max_chunks": _plain(options.max_chunks if chunk else None),
+    }
+
+
 def task_settings(task: Task[Any, Any], source: Source, output: Any) -> Settings:
     """What the task, the source and the output bind (no model needed)."""
     settings: Settings = {"task": _plain(task.kind)}
     options = getattr(task, "options", None)
     if options is not None:
-        chunk = options.long_docs == "chunk"
-        settings["long_docs"] = _plain(options.long_docs)
-        settings["chunk_overlap"] = _plain(options.chunk_overlap if chunk else None)
-        settings["max_chunks"] = _plain(options.max_chunks if chunk else None)
+        settings.update(options_settings(options))
     if task.kind == "rerank":
         settings["top_k"] = _plain(getattr(task, "top_k", None))
         settings["min_score"] = _plain(getattr(task, "min_score", None))
@@ -150,6 +158,17 @@ def after_load(scorer: Scorer, requested: LoaderConfig | None = None) -> Setting
         "template": _asked(template, config.template),
         "instruction": Setting(instruction, _instruction_shown(instruction, config.instruction)),
     }
+
+
+def bind_cache(store: CacheStore, scorer: Scorer, options: ScoreOptions) -> PairCache:
+    """A score cache for pairs ``scorer`` (loaded) scores with ``options``: keyed by every setting a
+    checkpoint binds for them, :func:`after_load`'s and the long-passage options, as resolved."""
+    from ..score_cache import PairCache, namespace
+
+    settings = {**after_load(scorer), **options_settings(options)}
+    return PairCache(
+        store, namespace({name: s.value for name, s in settings.items()}), str(scorer.config.model)
+    )
 
 
 def _instruction_shown(instruction: str | None, requested: str | None) -> str:

@@ -119,10 +119,10 @@ class Engine:
             self.batcher.submit([s for w in warm for s in w]).future.result()
             self.batcher.forget_timing()  # one warm-up pair says little about the service rate
             if self.score_cache is not None:
-                from ..score_cache import bind
+                from ..jobs.settings import bind_cache
 
                 self.cache = ServiceCache(
-                    bind(self.score_cache, self.scorer, self.options), self.cache_observer
+                    bind_cache(self.score_cache, self.scorer, self.options), self.cache_observer
                 )
         except BaseException as exc:
             self.error = exc
