@@ -346,36 +346,73 @@ def decode_value(key: bytes, raw: bytes) -> Scored | None:
 
 
 class _Health:
-    """Whether a store still works, shared by the caches bound to it: its first failure is warned about
-    once, and all of them go uncached together."""
+    """Whether a store works, shared by the caches bound to it: its first failure is warned about once,
+    and all of them go uncached together. With ``retry_after`` (a server's long life), the store is tried
+    again that many seconds after it failed, one call at a time; when it answers, it is back, said once."""
 
-    def __init__(self) -> None:
+    def __init__(self, retry_after: float | None = None) -> None:
         self.failed: str | None = None
+        self.retry_after = retry_after
         self.lock = threading.Lock()
+        self._next_try = 0.0
+
+    def usable(self) -> bool:
+        """Whether to call the store now: it works, or its next try is due (claimed by this caller)."""
+        if self.failed is None:
+            return True
+        if self.retry_after is None:
+            return False
+        with self.lock:
+            now = time.monotonic()
+            if self.failed is None or now < self._next_try:
+                return self.failed is None
+            self._next_try = now + self.retry_after
+            return True
 
     def fail(self, exc: BaseException, where: str) -> None:
         with self.lock:
+            self._next_try = time.monotonic() + (self.retry_after or 0.0)
             if self.failed is None:
                 self.failed = f"{type(exc).__name__}: {exc}"
+                again = f" (tried again every {self.retry_after:g} s)" if self.retry_after else ""
                 log.warning(
-                    "score cache %s is unusable (%s); going on without it: every pair is scored by the model.",
+                    "score cache %s is unusable (%s); going on without it%s: every pair is scored by the model.",
                     where,
                     self.failed,
+                    again,
                 )
+
+    def works(self, where: str) -> None:
+        """A call succeeded: a store that had failed is back."""
+        if self.failed is None:
+            return
+        with self.lock:
+            if self.failed is not None:
+                self.failed = None
+                log.warning("score cache %s works again; pairs are looked up and remembered again.", where)
 
 
 class PairCache:
     """A store bound to one scorer's settings: what the engine asks before scoring pairs and tells after.
 
     Counts this run's hits and misses. The first failure of the store is warned about once (on stderr
-    through logging), and the cache then stays off for the rest of the run: scores come from the model.
+    through logging), and the cache then stays off for the rest of the run (scores come from the model),
+    or, with ``retry_after`` seconds, until the store answers a later try.
     """
 
-    def __init__(self, store: CacheStore, space: bytes, model: str, health: _Health | None = None) -> None:
+    def __init__(
+        self,
+        store: CacheStore,
+        space: bytes,
+        model: str,
+        health: _Health | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         self.store, self.space, self.model = store, space, model
         self.hits = 0
         self.misses = 0
-        self._health = health or _Health()
+        self._health = health or _Health(retry_after)
         self._lock = threading.Lock()
 
     @property
@@ -392,7 +429,7 @@ class PairCache:
         self._health.fail(exc, self.store.where)
 
     def lookup(self, pairs: Sequence[Pair]) -> list[Scored | None]:
-        if self.failed is not None:
+        if not pairs or not self._health.usable():
             return [None] * len(pairs)
         keys = [pair_key(self.space, p) for p in pairs]
         try:
@@ -400,6 +437,7 @@ class PairCache:
         except Exception as exc:  # a corrupt file, a server gone: uncached from here on
             self._failure(exc)
             return [None] * len(pairs)
+        self._health.works(self.store.where)
         results = [decode_value(k, found[k]) if k in found else None for k in keys]
         hits = sum(r is not None for r in results)
         with self._lock:
@@ -409,7 +447,7 @@ class PairCache:
         return results
 
     def remember(self, pairs: Sequence[Pair], scored: Sequence[Scored]) -> None:
-        if self.failed is not None or not pairs:
+        if not pairs or self.failed is not None:  # a store being tried again is tried by lookups
             return
         keys = [pair_key(self.space, p) for p in pairs]
         entries = [(k, encode_value(k, s)) for k, s in zip(keys, scored, strict=True)]

@@ -264,3 +264,39 @@ def test_where_is_shown_without_secrets():
     assert public_where("rediss://app:s3cret@[::1]:6380/2") == "rediss://app@[::1]:6380/2"
     assert public_where("redis://host:6379/0?password=s3cret&db=1") == "redis://host:6379/0?db=1"
     assert public_where("unix:///run/redis.sock?db=0") == "unix:///run/redis.sock?db=0"
+
+
+class Flaky(SqliteStore):
+    """A real SQLite store whose server-like outage is switched on and off."""
+
+    down = False
+    calls = 0
+
+    def get_many(self, keys):  # type: ignore[no-untyped-def]
+        Flaky.calls += 1
+        if Flaky.down:
+            raise ConnectionError("connection refused")
+        return super().get_many(keys)
+
+
+def test_a_failed_store_is_tried_again_after_a_while_and_comes_back(tmp_path: Path):
+    """The service's cache (retry_after set) tries a failed store again after its back-off, one call at a
+    time, and reports both changes; a batch job's cache (no retry) stays off for good."""
+    recorder = Recorder()
+    store = Flaky(tmp_path / "s.sqlite", parse_size("1MB"))
+    cache = ServiceCache(PairCache(store, b"space", "m", retry_after=0.3), recorder)
+    pairs = [Pair("q", "a"), Pair("q", "b")]
+    cache.remember(pairs, [Scored(1.0), Scored(2.0)])
+    Flaky.down, Flaky.calls = True, 0
+    assert cache.lookup(pairs) == [None, None] and recorder.states == [True, False]
+    assert cache.lookup(pairs) == [None, None] and Flaky.calls == 1  # within the back-off: not called
+    Flaky.down = False
+    time.sleep(0.35)
+    assert cache.lookup(pairs) == [Scored(1.0), Scored(2.0)] and Flaky.calls == 2
+    assert recorder.states == [True, False, True] and cache.working
+    Flaky.down, Flaky.calls = True, 0
+    for_good = PairCache(store, b"space", "m")  # a batch job's: off for the rest of the run
+    assert for_good.lookup(pairs) == [None, None]
+    Flaky.down = False
+    time.sleep(0.35)
+    assert for_good.lookup(pairs) == [None, None] and Flaky.calls == 1 and for_good.failed is not None

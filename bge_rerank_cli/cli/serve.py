@@ -154,6 +154,16 @@ def serve(
     ] = LogFormat.TEXT,
     score_cache: opt.ScoreCacheOption = None,
     score_cache_max_size: opt.ScoreCacheMaxSize = None,
+    score_cache_retry: Annotated[
+        float,
+        typer.Option(
+            envvar="BGE_RERANK_SCORE_CACHE_RETRY",
+            min=0.1,
+            help="Seconds after a score cache fails (a server gone, a damaged file) before it is tried again; "
+            "until then requests are scored uncached.",
+            rich_help_panel=opt.SPEED,
+        ),
+    ] = 30.0,
 ) -> None:
     """Serve the reranker over HTTP: Cohere v2 (POST /v2/rerank), Jina/vLLM (POST /v1/rerank), TEI (POST /rerank) and pair scores (POST /score), with /health, /ready, /metrics (Prometheus) and the OpenAPI page (/docs).
 
@@ -188,7 +198,11 @@ def serve(
                 "the model and fill its queue. Set --api-key (or BGE_RERANK_API_KEY), or bind 127.0.0.1.")  # fmt: skip
         limits = Limits(max_docs, max_body_bytes, max_queue, timeout, gather_ms / 1000)
         engine = Engine(
-            config, options, limits, score_cache=opt.open_score_cache(score_cache, score_cache_max_size)
+            config,
+            options,
+            limits,
+            score_cache=opt.open_score_cache(score_cache, score_cache_max_size),
+            score_cache_retry=score_cache_retry,
         )
         metrics, drain = Metrics(), Drain(drain_seconds)
         fatal: list[BaseException] = []

@@ -160,9 +160,12 @@ def after_load(scorer: Scorer, requested: LoaderConfig | None = None) -> Setting
     }
 
 
-def bind_cache(store: CacheStore, scorer: Scorer, options: ScoreOptions) -> PairCache:
+def bind_cache(
+    store: CacheStore, scorer: Scorer, options: ScoreOptions, *, retry_after: float | None = None
+) -> PairCache:
     """A score cache for pairs ``scorer`` (loaded) scores with ``options``: keyed by every setting a
-    checkpoint binds for them, :func:`after_load`'s and the long-passage options, as resolved."""
+    checkpoint binds for them, :func:`after_load`'s and the long-passage options, as resolved.
+    ``retry_after``: seconds before a failed store is tried again (a server); ``None``: off for good."""
     from ..score_cache import PairCache, namespace
 
     settings = {**after_load(scorer), **options_settings(options)}

@@ -37,7 +37,7 @@ class ServiceCache:
         self.where = cache.store.where  # without secrets: stores show no password
         self.observer = observer
         self._lock = threading.Lock()
-        self._reported = False
+        self._reported = True  # the state last reported: working
         if observer is not None:
             observer.cache_state(self.model, True)
 
@@ -49,10 +49,10 @@ class ServiceCache:
         return self.cache if doc_tokens is None else self.cache.derived(b"max_tokens_per_doc=%d" % doc_tokens)
 
     def lookup(self, pairs: Sequence[Pair], doc_tokens: int | None = None) -> list[Scored | None]:
-        """The records the store holds for ``pairs`` (distinct), ``None`` for the rest (all of them once
-        the store has failed)."""
-        if not self.working or not pairs:
-            return [None] * len(pairs)
+        """The records the store holds for ``pairs`` (distinct), ``None`` for the rest (all of them while
+        the store is failing; it is tried again after a while)."""
+        if not pairs:
+            return []
         known = self._for(doc_tokens).lookup(pairs)
         if self._check() and self.observer is not None:
             hits = sum(k is not None for k in known)
@@ -67,14 +67,13 @@ class ServiceCache:
             self._check()
 
     def _check(self) -> bool:
-        """Whether the store still works; its first failure is reported to the observer once."""
-        if self.working:
-            return True
+        """Whether the store works now; each change (failed, back) is reported to the observer once."""
+        working = self.working
         with self._lock:
-            first, self._reported = not self._reported, True
-        if first and self.observer is not None:
-            self.observer.cache_state(self.model, False)
-        return False
+            changed, self._reported = self._reported != working, working
+        if changed and self.observer is not None:
+            self.observer.cache_state(self.model, working)
+        return working
 
     def describe(self) -> dict[str, object]:
         return {"where": self.where, "working": self.working}

@@ -93,6 +93,7 @@ class Engine:
     batcher: Batcher | None = None
     error: BaseException | None = None
     score_cache: CacheStore | None = None  # the store --score-cache names; bound to the scorer at load
+    score_cache_retry: float = 30.0  # seconds before a failed store is tried again
     cache_observer: CacheObserver | None = None
     cache: ServiceCache | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
@@ -122,7 +123,10 @@ class Engine:
                 from ..jobs.settings import bind_cache
 
                 self.cache = ServiceCache(
-                    bind_cache(self.score_cache, self.scorer, self.options), self.cache_observer
+                    bind_cache(
+                        self.score_cache, self.scorer, self.options, retry_after=self.score_cache_retry
+                    ),
+                    self.cache_observer,
                 )
         except BaseException as exc:
             self.error = exc
