@@ -56,7 +56,11 @@ class Reranker:
         self.options = ScoreOptions(long_docs, chunk_overlap, max_chunks)
         self._scorer = scorer
         self._own_scorer = scorer is not None
-        self._store = _open_store(score_cache, score_cache_max_size)
+        self._store: Any = None
+        if score_cache is not None:
+            from .score_cache import open_store
+
+            self._store = open_store(score_cache, score_cache_max_size)
         self._bound: Any = None  # the store bound to the loaded scorer's settings, on first use
         self._bound_to: tuple[ScoreOptions, int] | None = None
 
@@ -188,17 +192,6 @@ class Reranker:
         job = Job(source, task, Output(out, fmt, errors), on_error=on_error, resume=resume)
         config = None if self._own_scorer else self.config  # a scorer of your own: its settings once loaded
         return run(job, lambda: self.scorer, config=config, stop=stop, cache=self._store)
-
-
-def _open_store(spec: str | None, max_size: int | str | None) -> Any:
-    """The score cache ``spec`` names (``"default"``, a SQLite path, a ``redis://`` URL); ``None`` for none.
-    (The API takes it as given; ``$BGE_RERANK_SCORE_CACHE`` is the command line's.)"""
-    if spec is None:
-        return None
-    from .score_cache import open_store, parse_size
-
-    size = parse_size(str(max_size)) if max_size is not None else None
-    return open_store(spec, size)
 
 
 def _callers_level() -> int:

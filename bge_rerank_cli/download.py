@@ -175,15 +175,6 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
-def human(n: int) -> str:
-    """Bytes for people: GiB from 1 GiB up, MiB from 1 MiB, else kB."""
-    if n >= 2**30:
-        return f"{n / 2**30:.2f} GiB"
-    if n >= 2**20:
-        return f"{n / 2**20:.1f} MiB"
-    return f"{n / 1024:.1f} kB"
-
-
 @dataclass(frozen=True)
 class _Fetched:
     snapshot: Path | None
@@ -374,13 +365,13 @@ def _say_plan(
     at = f"{config.model} ({config.revision or 'main'}, commit {commit[:12]})"
     where = cache_dir(config.cache_dir)
     if new:
-        size = human(sum(e.size for e in new))
+        size = memory.human_bytes(sum(e.size for e in new))
         say(f"fetching {len(new)} of {wanted} files ({size}) of {at} from {endpoint()} into {where}")
     else:
         say(f"{at} is already in the cache {where}: nothing to fetch")
     if skipped:
         names = ", ".join(e.path for e in skipped[:4]) + (", ..." if len(skipped) > 4 else "")
-        size = human(sum(e.size for e in skipped))
+        size = memory.human_bytes(sum(e.size for e in skipped))
         say(f"skipped {len(skipped)} files ({size}) a reranker does not load: {names}")
 
 

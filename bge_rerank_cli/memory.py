@@ -14,6 +14,17 @@ from pathlib import Path
 
 from .errors import ModelError, option
 
+
+def human_bytes(n: int) -> str:
+    """Bytes for people: GiB from 1 GiB, MiB from 100 KiB (a small model is "0.3 MiB", not "0.00 GiB"),
+    KiB from 1 KiB, else bytes."""
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    if n >= 100 * 2**10:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{n / 2**10:.1f} KiB" if n >= 2**10 else f"{n} B"
+
+
 log = logging.getLogger("bge_rerank_cli")
 GIB = 2**30
 EXPORT_FACTOR = 3.0  # peak RSS of an export over its weight files' size; measured 2.x, see docs/speed.md

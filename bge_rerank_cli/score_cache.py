@@ -94,14 +94,21 @@ def default_path() -> Path:
     return own_cache() / "scores.sqlite"
 
 
-def open_store(spec: str, max_bytes: int | None = None) -> CacheStore:
+def open_store(spec: str, max_bytes: int | str | None = None) -> CacheStore:
     """The store ``spec`` names: ``default`` (the SQLite file in bge-rerank's cache folder), a file path,
     or a ``redis://`` / ``rediss://`` / ``valkey://`` URL. Opening does not touch the store yet: a store
-    that cannot be reached or read is found out at first use, and warned about there."""
+    that cannot be reached or read is found out at first use, and warned about there. ``max_bytes``: the
+    bound, as bytes or as :func:`parse_size` reads it (``500MB``); default 1 GiB."""
     spec = str(spec).strip()
     if not spec:
         raise UsageError("--score-cache: give default, a file path or a redis:// URL.")
-    size = DEFAULT_MAX_SIZE if max_bytes is None else max_bytes
+    size = (
+        DEFAULT_MAX_SIZE
+        if max_bytes is None
+        else parse_size(max_bytes)
+        if isinstance(max_bytes, str)
+        else max_bytes
+    )
     if re.match(r"^(redis|rediss|valkey|valkeys|unix)://", spec):
         from .score_cache_redis import RedisStore
 

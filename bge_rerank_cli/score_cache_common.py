@@ -8,6 +8,17 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 
+def hit_rate(hits: int, misses: int) -> float | None:
+    """The share of lookups the cache answered; ``None`` before any."""
+    return hits / (hits + misses) if hits + misses else None
+
+
+def known_line(hits: int, misses: int) -> str:
+    """How a summary says it: ``10 of 12 distinct pairs known (83%)``."""
+    rate = hit_rate(hits, misses)
+    return f"{hits} of {hits + misses} distinct pairs known" + (f" ({rate:.0%})" if rate is not None else "")
+
+
 @dataclass(frozen=True)
 class ModelStats:
     entries: int
@@ -17,8 +28,7 @@ class ModelStats:
 
     @property
     def hit_rate(self) -> float | None:
-        asked = self.hits + self.misses
-        return self.hits / asked if asked else None
+        return hit_rate(self.hits, self.misses)
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,6 @@ class StoreStats:
         return sum(m.misses for m in self.models.values())
 
     def to_json(self) -> dict[str, Any]:
-        asked = self.hits + self.misses
         return {
             "where": self.where,
             "entries": self.entries,
@@ -50,7 +59,7 @@ class StoreStats:
             "file_bytes": self.file_bytes,
             "hits": self.hits,
             "misses": self.misses,
-            "hit_rate": self.hits / asked if asked else None,
+            "hit_rate": hit_rate(self.hits, self.misses),
             "models": {
                 name: {
                     "entries": m.entries,

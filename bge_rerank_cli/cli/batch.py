@@ -221,9 +221,10 @@ def summarise(report: Report, config: LoaderConfig) -> None:
             line += f", {stats.pairs - stats.unique_pairs} duplicates scored once"
         if stats.windowed:
             line += f", {stats.windowed} long passages in {stats.sequences} windows"
-        asked = stats.cache_hits + stats.cache_misses
-        if asked:
-            line += f"; score cache: {stats.cache_hits} of {asked} distinct pairs known ({stats.cache_hits / asked:.0%})"
+        if stats.cache_hits or stats.cache_misses:
+            from ..score_cache_common import known_line
+
+            line += f"; score cache: {known_line(stats.cache_hits, stats.cache_misses)}"
     if report.max_length is not None:  # the effective length: the request, clamped to the model once
         clamped = " (the model's limit)" if report.max_length != config.max_length else ""
         line += f"; max length {report.max_length}{clamped}"

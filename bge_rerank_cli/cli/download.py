@@ -102,7 +102,7 @@ def _step(line: str) -> None:
 
 
 def _summary(done: Downloaded) -> str:
-    from ..download import human
+    from ..memory import human_bytes as human
 
     parts = []
     if done.snapshot is not None:
@@ -114,7 +114,7 @@ def _summary(done: Downloaded) -> str:
 
 def _render(done: Downloaded, config: LoaderConfig) -> None:
     """The summary as a grid on stdout: each value wraps under its own column, never mid-word."""
-    from ..download import human
+    from ..memory import human_bytes as human
 
     grid = Table.grid(padding=(0, 2))
     grid.add_column(no_wrap=True, style="bold")

@@ -171,9 +171,9 @@ def _draw(
 
 def _cache_report(where: str, hits: int, misses: int) -> dict[str, Any]:
     """The score cache's part of the report: where it is (no secrets), the distinct pairs it knew and not."""
-    asked = hits + misses
-    return {"where": where, "hits": hits, "misses": misses,
-            "hit_rate": hits / asked if asked else None}  # fmt: skip
+    from ..score_cache_common import hit_rate
+
+    return {"where": where, "hits": hits, "misses": misses, "hit_rate": hit_rate(hits, misses)}
 
 
 def _made_with(described: dict[str, Any], config: LoaderConfig) -> dict[str, Any]:
@@ -218,10 +218,10 @@ def _render(report: dict[str, Any], changes: list[QueryChange], console: Console
     )
     cache = report.get("score_cache")
     if cache is not None:
-        asked = cache["hits"] + cache["misses"]
-        rate = f" ({cache['hit_rate']:.0%})" if cache["hit_rate"] is not None else ""
+        from ..score_cache_common import known_line
+
         console.print(
-            f"score cache {escape(cache['where'])}: {cache['hits']} of {asked} distinct pairs known{rate}",
+            f"score cache {escape(cache['where'])}: {known_line(cache['hits'], cache['misses'])}",
             soft_wrap=True,  # a long path is not folded
         )
     console.print()

@@ -407,8 +407,11 @@ def open_score_cache(spec: str | None, max_size: str | None) -> Any:
     does nothing but is checked)."""
     from ..score_cache import open_store, parse_size
 
-    size = parse_size(max_size) if max_size is not None else None
-    return open_store(spec, size) if spec and spec.strip() else None
+    if not (spec and spec.strip()):
+        if max_size is not None:
+            parse_size(max_size)
+        return None
+    return open_store(spec, max_size)
 
 
 PRECISION_OPTIONS = ("fp16", "dtype", "backend", "quantize")

@@ -63,16 +63,16 @@ def _read(store: Any, action: Any) -> Any:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, step in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= step:
-            return f"{n / step:.1f} {unit}"
-    return f"{n} B"
+    from ..memory import human_bytes
+
+    return "-" if n is None else human_bytes(n)
 
 
 def _rate(hits: int, misses: int) -> str:
-    return f"{hits / (hits + misses):.0%}" if hits + misses else "-"
+    from ..score_cache_common import hit_rate
+
+    rate = hit_rate(hits, misses)
+    return "-" if rate is None else f"{rate:.0%}"
 
 
 @app.command(cls=PanelCommand)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..memory import human_bytes as size
 from .snapshot import Snapshot
 
 Status = Literal["ok", "warn", "fail"]
@@ -71,11 +72,6 @@ def check_versions(s: Snapshot) -> CheckResult:
             {**versions, "problems": problems},
         )
     return CheckResult("versions", "ok", listing, "", versions)
-
-
-def size(n: int) -> str:
-    """Bytes for people: GiB from 1 GiB up, MiB below (a small model is not "0.00 GiB")."""
-    return f"{n / GB:.2f} GiB" if n >= GB else f"{n / 2**20:.1f} MiB"
 
 
 TF_PACKAGES = ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tf-nightly")

@@ -50,13 +50,11 @@ class Limits:
 class Scoring:
     """A request's scores, in its order. ``tokens``: the real tokens of its distinct pairs, as a response's
     usage reports them (with ``usage``, those the score cache answered are tokenised for the count, so a
-    response is the same with and without the cache); ``model_tokens``: those the model read for it;
-    ``hits``: distinct pairs the cache answered."""
+    response is the same with and without the cache); ``model_tokens``: those the model read for it."""
 
     scored: list[Scored]
     tokens: int
     model_tokens: int
-    hits: int = 0
 
 
 @dataclass(frozen=True)
@@ -178,7 +176,7 @@ class Engine:
             fresh = [found.by_pair[p] for p in found.fresh]
             await asyncio.to_thread(self.cache.remember, found.fresh, fresh, doc_tokens)
         scored = [found.by_pair[p] for p in pairs]
-        return Scoring(scored, found.tokens, found.model_tokens, len(unique) - len(found.fresh))
+        return Scoring(scored, found.tokens, found.model_tokens)
 
     async def _score_unique(
         self, scorer: Scorer, batcher: Batcher, unique: list[Pair], doc_tokens: int | None, usage: bool
