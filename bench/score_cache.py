@@ -19,30 +19,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-
-
-def cpu_flags() -> str:
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512"
-
-
-def run(cmd: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, env=env, cwd=ROOT)
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr.decode()[-2000:]}")
-    return elapsed
 
 
 def main() -> int:
@@ -60,6 +41,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from speed import machine, model_dir, query_workload
+    from startup import timed
+
+    from bge_rerank_cli.ceilings import isa_flags, isa_line
 
     model = args.model or str(model_dir(quick=True))
     work = Path(tempfile.mkdtemp(prefix="bench-score-cache-"))
@@ -85,7 +69,7 @@ def main() -> int:
             ("rerun", ["--score-cache", cache]),
         ):
             target = work / f"{name}.jsonl"
-            times[name].append(run([*base, *extra, "-o", str(target)], env))
+            times[name].append(timed([*base, *extra, "-o", str(target)], env))
             outputs[name] = target.read_bytes()
             print(f"round {round_ + 1}: {name:<6} {times[name][-1]:7.2f} s", file=sys.stderr)
     identical = outputs["off"] == outputs["first"] == outputs["rerun"]
@@ -94,7 +78,7 @@ def main() -> int:
     speedup = best["first"] / best["rerun"]
     print(f"## score cache: {args.pairs:,} pairs, whole `bge-rerank score` processes")
     print()
-    print(f"{machine()}; CPU flags: {cpu_flags()}; model {model}; cache "
+    print(f"{machine()}; {isa_line(isa_flags())}; model {model}; cache "
           f"{args.score_cache or 'SQLite (default kind)'}; best of {args.rounds} interleaved round(s)")  # fmt: skip
     print()
     print("| run | seconds | pairs/s |")

@@ -120,8 +120,9 @@ def main() -> int:
     parser.add_argument("--model", help="Model directory (default: bench/speed.py's quick XLM-R).")
     args = parser.parse_args()
 
-    from score_cache import cpu_flags
     from speed import machine, model_dir
+
+    from bge_rerank_cli.ceilings import isa_flags, isa_line
 
     model = args.model or str(model_dir(quick=True))
     requests = requests_mix(args.requests, args.docs)
@@ -150,7 +151,7 @@ def main() -> int:
     print(f"## serve with the score cache: {args.requests} requests x {args.docs} documents, "
           f"{args.concurrency} clients, about half the pairs repeated")  # fmt: skip
     print()
-    print(f"{machine()}; CPU flags: {cpu_flags()}; model {model}; /v1/rerank; torch fp32")
+    print(f"{machine()}; {isa_line(isa_flags())}; model {model}; /v1/rerank; torch fp32")
     print()
     print("| server | requests/s | pairs/s | p50 ms | p95 ms | cache hits / misses (distinct pairs) |")
     print("|---|---|---|---|---|---|")
