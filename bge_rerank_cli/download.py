@@ -28,7 +28,7 @@ from typing import Any
 from . import memory
 from .config import LoaderConfig
 from .errors import ModelError, UsageError, option
-from .hub import cache_dir, endpoint, env_flag, hub_offline, probe_hub, repo_folder
+from .hub import cache_dir, endpoint, env_flag, hub_offline, missing_essentials, probe_hub, repo_folder
 
 log = logging.getLogger("bge_rerank_cli")
 
@@ -210,7 +210,7 @@ def _not_a_missing_directory(model: str) -> None:
 
 
 def _local(config: LoaderConfig, folder: Path, say: Report) -> _Fetched:
-    missing = missing_essentials(folder)
+    missing = _lacks(folder)
     if missing:
         raise ModelError(
             f"model directory {config.model} lacks {', '.join(missing)}: it is not a complete Hugging Face "
@@ -222,17 +222,9 @@ def _local(config: LoaderConfig, folder: Path, say: Report) -> _Fetched:
     return _Fetched(folder.resolve(), None, "local")
 
 
-def missing_essentials(folder: Path) -> list[str]:
-    """What a model folder lacks of config.json, weights and tokenizer files (doctor's list of names)."""
-    from .doctor.checks import TOKENIZERS, WEIGHTS
-
-    names = {p.name for p in folder.rglob("*") if p.exists()}  # a broken link (deleted blob) is missing
-    missing = [] if "config.json" in names else ["config.json"]
-    if not names & set(WEIGHTS) and not any(n.endswith(".safetensors") for n in names):
-        missing.append("weights (model.safetensors)")
-    if not names & set(TOKENIZERS):
-        missing.append("tokenizer files")
-    return missing
+def _lacks(folder: Path) -> list[str]:
+    """What the model folder lacks of the files loading needs (a broken link, its blob deleted, is missing)."""
+    return missing_essentials(p.name for p in folder.rglob("*") if p.exists())
 
 
 def _from_hub(
@@ -293,7 +285,7 @@ def _from_cache(
         )
     except LocalEntryNotFoundError:
         raise ModelError(not_there, hint=_fetch_hint(config)) from None
-    missing = missing_essentials(path)
+    missing = _lacks(path)
     if missing:
         raise ModelError(
             f"{not_there} The cached snapshot lacks {', '.join(missing)}.", hint=_fetch_hint(config)

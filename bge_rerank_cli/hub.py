@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,28 @@ def model_folder(model: str, revision: str | None = None, explicit_cache: str | 
     if model.startswith((".", "/", "~")):
         return None
     return cached_snapshot(model, revision, explicit_cache)
+
+
+# The files loading a model needs, one of each kind besides config.json: the weights and the tokenizer.
+WEIGHTS = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZERS = ("tokenizer.json", "sentencepiece.bpe.model", "vocab.txt", "tokenizer.model", "spiece.model")
+
+
+def missing_essentials(files: Iterable[str]) -> list[str]:
+    """What a model folder holding ``files`` (names or paths inside it) lacks of config.json, the weights
+    and the tokenizer files, as a message names them; empty when it has all three."""
+    names = {f.rsplit("/", 1)[-1] for f in files}
+    missing = [] if "config.json" in names else ["config.json"]
+    if not names & set(WEIGHTS):
+        missing.append("weights (model.safetensors)")
+    if not names & set(TOKENIZERS):
+        missing.append("tokenizer files")
+    return missing
 
 
 def download_command(model: str, revision: str | None = None, cache: str | None = None) -> str:

@@ -217,8 +217,12 @@ def measure(qrels: Qrels, run: Run) -> tuple[dict[str, float], dict[str, dict[st
 @dataclass(frozen=True)
 class RankChanges:
     queries: int
-    top1_replaced: int
+    replaced: frozenset[str]  # the queries whose first result reranking replaced
     mean_abs_shift: float
+
+    @property
+    def top1_replaced(self) -> int:
+        return len(self.replaced)
 
     @property
     def top1_replacement_rate(self) -> float:
@@ -226,17 +230,19 @@ class RankChanges:
 
 
 def rank_changes(before: Run, after: Run) -> RankChanges:
-    """How much reranking moved things: top-1 replacement rate and mean |rank change| per document."""
-    replaced, shifts, queries = 0, [], 0
+    """How much reranking moved things: which queries' first result it replaced, and the mean |rank
+    change| per document (queries empty before or after are left out)."""
+    replaced, shifts, queries = set(), [], 0
     for qid, after_entries in after.items():
         before_entries = before.get(qid)
         if not before_entries or not after_entries:
             continue
         queries += 1
-        replaced += before_entries[0].docid != after_entries[0].docid
+        if before_entries[0].docid != after_entries[0].docid:
+            replaced.add(qid)
         old = {e.docid: i for i, e in enumerate(before_entries)}
         shifts += [abs(i - old[e.docid]) for i, e in enumerate(after_entries) if e.docid in old]
-    return RankChanges(queries, replaced, sum(shifts) / len(shifts) if shifts else 0.0)
+    return RankChanges(queries, frozenset(replaced), sum(shifts) / len(shifts) if shifts else 0.0)
 
 
 def load_candidates(
@@ -302,7 +308,8 @@ def read_ranked(path: str | Path) -> Run:
 def compare(
     qrels: Qrels, before: Run, after: Run, latency: float | None = None, per_query: bool = False
 ) -> dict[str, Any]:
-    """Before/after values of :data:`MEASURES`, the top-1 replacement rate and rank shift, as a report."""
+    """Before/after values of :data:`MEASURES`, the top-1 replacement rate and rank shift, as a report;
+    ``per_query`` adds each judged query's values and whether its first result was replaced."""
     missing = sorted(set(before) - set(after))
     if missing:
         raise UsageError(f"the reranked run lacks {len(missing)} first-stage queries (e.g. {missing[0]}).")
@@ -323,8 +330,11 @@ def compare(
     if per_query:
         report["per_query"] = {
             qid: {
-                LABELS[m]: {"before": before_q.get(qid, {}).get(m, 0.0), "after": values.get(m, 0.0)}
-                for m in MEASURES
+                **{
+                    LABELS[m]: {"before": before_q.get(qid, {}).get(m, 0.0), "after": values.get(m, 0.0)}
+                    for m in MEASURES
+                },
+                "top1_replaced": qid in changes.replaced,
             }
             for qid, values in sorted(after_q.items())
         }

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .benchmark import Measurement
-    from .ir import Run
 
 INSTALL_HINT = "pip install 'bge-rerank-cli[plot]'"
 FORMATS = ("png", "svg")
@@ -57,16 +56,13 @@ class QueryChange:
         return 0 if abs(self.delta) < 1e-9 else 1 if self.delta > 0 else -1
 
 
-def query_changes(
-    per_query: Mapping[str, Mapping[str, Any]], before: Run, after: Run, measure: str = "nDCG@10"
-) -> list[QueryChange]:
-    """Each judged query's change of ``measure`` (from :func:`bge_rerank_cli.ir.compare`'s ``per_query``),
-    most improved first (ties by query id)."""
-    changes = []
-    for qid, values in per_query.items():
-        first, reranked = before.get(qid) or [], after.get(qid) or []
-        replaced = bool(first and reranked and first[0].docid != reranked[0].docid)
-        changes.append(QueryChange(qid, values[measure]["before"], values[measure]["after"], replaced))
+def query_changes(per_query: Mapping[str, Mapping[str, Any]], measure: str = "nDCG@10") -> list[QueryChange]:
+    """Each judged query's change of ``measure``, and whether its first result was replaced, from
+    :func:`bge_rerank_cli.ir.compare`'s ``per_query``; most improved first (ties by query id)."""
+    changes = [
+        QueryChange(qid, values[measure]["before"], values[measure]["after"], bool(values["top1_replaced"]))
+        for qid, values in per_query.items()
+    ]
     return sorted(changes, key=lambda c: (-c.delta, c.qid))
 
 

@@ -25,7 +25,7 @@ from bge_rerank_cli.doctor.snapshot import (
     resolve_cache,
 )
 from bge_rerank_cli.hub import Reachability
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 GB = 1024**3
 MODEL = "BAAI/bge-reranker-v2-m3"
@@ -61,6 +61,15 @@ def healthy(**changes) -> Snapshot:
         cpu=CpuInfo("AMD EPYC", 2, 2, ("AVX2",)),
     )
     return replace(base, **changes)
+
+
+def installed(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def by_name(snapshot: Snapshot) -> dict[str, CheckResult]:
@@ -246,6 +255,9 @@ def test_doctor_passes_on_a_local_model_with_check_model(tiny_xlmr: Path):
     assert failed == [] and result.returncode == 0
     load = next(c for c in report["checks"] if c["name"] == "model-load")
     assert "one pair scored" in load["finding"]
+    optional = next(c for c in report["checks"] if c["name"] == "optional-backends")
+    for package in ("matplotlib", "redis"):  # read from the installed packages' metadata
+        assert optional["details"][package] == installed(package)
 
 
 def test_ray_is_reported_with_its_cluster():
@@ -258,6 +270,40 @@ def test_ray_is_reported_with_its_cluster():
     assert down.status == "warn" and "RAY_ADDRESS" in down.fix
     missing = C.check_optional(healthy())
     assert "bge-rerank-cli[ray]" in missing.fix
+
+
+def test_every_extra_is_reported_with_its_install_hint():
+    bare = C.check_optional(healthy())  # no extra installed
+    assert bare.status == "ok"
+    assert "matplotlib not installed" in bare.finding and "redis not installed" in bare.finding
+    for extra in ("onnx", "ray", "serve", "plot", "cache"):
+        assert f"`pip install 'bge-rerank-cli[{extra}]'`" in bare.fix
+    assert "For eval --plot and bench --plot: `pip install 'bge-rerank-cli[plot]'`." in bare.fix
+    assert "For --score-cache redis://: `pip install 'bge-rerank-cli[cache]'`." in bare.fix
+    assert bare.details["matplotlib"] is None and bare.details["redis"] is None
+
+    packages = {**healthy().packages, "matplotlib": "3.11.2", "redis": "8.2.0", "onnxruntime-gpu": "1.32.0"}
+    some = C.check_optional(healthy(packages=packages))
+    assert "matplotlib 3.11.2" in some.finding and "redis 8.2.0" in some.finding
+    assert "onnxruntime 1.32.0" in some.finding  # the GPU build stands for the onnx extra too
+    assert "[plot]" not in some.fix and "[cache]" not in some.fix and "[onnx]" not in some.fix
+    assert "bge-rerank-cli[ray]" in some.fix and "bge-rerank-cli[serve]" in some.fix
+    assert some.details["matplotlib"] == "3.11.2" and some.details["redis"] == "8.2.0"
+
+
+def test_the_extras_reported_are_those_pyproject_declares():
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from bge_rerank_cli.doctor.snapshot import EXTRAS, PACKAGES
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {e.name for e in EXTRAS} == set(declared) - {"dev"}
+    for extra in EXTRAS:
+        names = {Requirement(spec).name for spec in declared[extra.name]}
+        assert extra.packages[0] in names, extra.name  # the package whose version stands for the extra
+        assert set(extra.packages) <= set(PACKAGES)  # collected by the snapshot
 
 
 def test_probe_ray_against_a_closed_local_port():

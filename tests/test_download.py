@@ -191,6 +191,15 @@ def test_a_missing_directory_and_an_incomplete_one_are_named(tmp_path: Path):
     assert "lacks weights (model.safetensors), tokenizer files" in result.stderr
 
 
+def test_a_broken_link_counts_as_missing(tmp_path: Path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "tokenizer.json").symlink_to(tmp_path / "deleted-blob")
+    result = runner.invoke(app, ["download", str(tmp_path)])
+    assert result.exit_code == ExitCode.MODEL
+    assert f"{tmp_path} lacks tokenizer files: it is not" in result.stderr  # nothing else lacking
+
+
 def test_skipped_files_are_those_a_reranker_does_not_load():
     files = ["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5", "onnx/model.onnx",
              "openvino/openvino_model.xml", "tokenizer.json", "sentencepiece.bpe.model", "assets/logo.png"]  # fmt: skip

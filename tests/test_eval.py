@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from bge_rerank_cli.cli import app
 from bge_rerank_cli.errors import InputError
-from bge_rerank_cli.ir import RunEntry, measure, rank_changes, read_corpus, read_qrels, read_run
+from bge_rerank_cli.ir import RunEntry, compare, measure, rank_changes, read_corpus, read_qrels, read_run
 from tests.conftest import SAMPLES
 
 runner = CliRunner()
@@ -47,6 +47,10 @@ def test_rank_changes():
     changes = rank_changes(before, after)
     assert (changes.queries, changes.top1_replaced, changes.top1_replacement_rate) == (2, 1, 0.5)
     assert changes.mean_abs_shift == pytest.approx((2 + 1 + 1 + 0 + 0) / 5)
+    assert changes.replaced == {"q1"}
+    qrels = {"q1": {"c": 1}, "q2": {"x": 1}}
+    per_query = compare(qrels, before, after, per_query=True)["per_query"]
+    assert {qid: values["top1_replaced"] for qid, values in per_query.items()} == {"q1": True, "q2": False}
 
 
 def test_formats(tmp_path: Path):

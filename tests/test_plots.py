@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from bge_rerank_cli.cli import app
 from bge_rerank_cli.cli.views import render_query_changes
-from bge_rerank_cli.ir import RunEntry
 from bge_rerank_cli.plots import QueryChange, most_changed, query_changes
 from tests.conftest import REPO, SAMPLES
 
@@ -44,13 +43,11 @@ def changes(n: int) -> list[QueryChange]:
 
 
 def test_query_changes_and_the_most_changed():
-    per_query = {
-        "a": {"nDCG@10": {"before": 0.2, "after": 0.9}},
-        "b": {"nDCG@10": {"before": 0.8, "after": 0.1}},
+    per_query = {  # as ir.compare(..., per_query=True) reports them
+        "b": {"nDCG@10": {"before": 0.8, "after": 0.1}, "top1_replaced": False},
+        "a": {"nDCG@10": {"before": 0.2, "after": 0.9}, "top1_replaced": True},
     }
-    before = {"a": [RunEntry("d1", 1, 0.0), RunEntry("d2", 2, 0.0)], "b": [RunEntry("d3", 1, 0.0)]}
-    after = {"a": [RunEntry("d2", 1, 0.0), RunEntry("d1", 2, 0.0)], "b": [RunEntry("d3", 1, 0.0)]}
-    found = query_changes(per_query, before, after)
+    found = query_changes(per_query)
     assert [(c.qid, c.top1_replaced) for c in found] == [("a", True), ("b", False)]
     assert found[0].delta == pytest.approx(0.7)
 

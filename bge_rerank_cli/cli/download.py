@@ -59,7 +59,7 @@ def download(
     from ..download import download as fetch
 
     with reported_errors():
-        config = LoaderConfig(
+        config = opt.build_config(
             model=model,
             revision=revision,
             cache_dir=cache_dir,

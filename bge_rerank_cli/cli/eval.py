@@ -138,12 +138,8 @@ def eval_(
             if made_with["random_weights"]:  # said even with --quiet: these figures mean nothing
                 console.say(STAND_IN.format(model=escape(str(made_with["name"]))))
         summary = compare(judgements, before, after, latency, per_query=True)
-        changes = query_changes(summary["per_query"], before, after)
-        if per_query:
-            replaced = {c.qid: c.top1_replaced for c in changes}
-            for qid, values in summary["per_query"].items():
-                values["top1_replaced"] = replaced[qid]
-        else:
+        changes = query_changes(summary["per_query"])
+        if not per_query:
             del summary["per_query"]
         if made_with is not None:
             summary = {"model": made_with, **summary}

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..hub import download_command, missing_essentials
 from ..memory import human_bytes as size
-from .snapshot import Snapshot
+from .snapshot import EXTRAS, Snapshot
 
 Status = Literal["ok", "warn", "fail"]
 GB = 1024**3
@@ -175,27 +176,6 @@ def check_disk_space(s: Snapshot) -> CheckResult:
     )
 
 
-WEIGHTS = (
-    "model.safetensors",
-    "pytorch_model.bin",
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
-)
-TOKENIZERS = ("tokenizer.json", "sentencepiece.bpe.model", "vocab.txt", "tokenizer.model", "spiece.model")
-
-
-def _missing_essentials(files: tuple[str, ...]) -> list[str]:
-    names = {f.rsplit("/", 1)[-1] for f in files}
-    missing = []
-    if "config.json" not in names:
-        missing.append("config.json")
-    if not names & set(WEIGHTS):
-        missing.append("weights (model.safetensors)")
-    if not names & set(TOKENIZERS):
-        missing.append("tokenizer files")
-    return missing
-
-
 def _model_complete(s: Snapshot) -> bool:
     m = s.model
     return (
@@ -203,24 +183,19 @@ def _model_complete(s: Snapshot) -> bool:
         and bool(m.snapshot)
         and not m.incomplete
         and not m.broken_links
-        and not _missing_essentials(m.files)
+        and not missing_essentials(m.files)
     )
 
 
 def _download(s: Snapshot) -> str:
-    cmd = f"hf download {s.model.model}"
-    if s.config.revision:
-        cmd += f" --revision {s.config.revision}"
-    if s.config.cache_dir:
-        cmd += f" --cache-dir {s.config.cache_dir}"
-    return cmd
+    return download_command(s.model.model, s.config.revision, s.config.cache_dir)
 
 
 def check_model_files(s: Snapshot) -> CheckResult:
     m = s.model
     name = "model-files"
     if m.local_dir:
-        missing = _missing_essentials(m.files)
+        missing = missing_essentials(m.files)
         if missing:
             return CheckResult(
                 name, "fail", f"local directory {m.model} lacks {', '.join(missing)}.",
@@ -258,7 +233,7 @@ def check_model_files(s: Snapshot) -> CheckResult:
             else f"Run `{_download(s)}` where the Hub is reachable (or copy the cache folder here), or use --model DIR."
         )
         return CheckResult(name, status, f"{m.model} is not in the cache {s.cache.path}; {why}.", fix)
-    missing = _missing_essentials(m.files)
+    missing = missing_essentials(m.files)
     if missing:
         return CheckResult(
             name,
@@ -452,15 +427,23 @@ def check_cpu(s: Snapshot) -> CheckResult:
 
 
 def check_optional(s: Snapshot) -> CheckResult:
-    onnx = s.packages.get("onnxruntime") or s.packages.get("onnxruntime-gpu")
-    ray = s.packages.get("ray")
+    """Each extra with the version of the package that stands for it (Ray with the cluster RAY_ADDRESS
+    names), and the command that installs each missing one."""
+    version = {e.name: next(filter(None, map(s.packages.get, e.packages)), None) for e in EXTRAS}
     cluster = s.ray_cluster or "no RAY_ADDRESS: --engine ray starts a local Ray"
-    finding = f"onnxruntime {onnx or 'not installed'}; ray {ray or 'not installed'} ({cluster})."
+    about = {"ray": f" ({cluster})"}
+    finding = "; ".join(
+        f"{e.packages[0]} {version[e.name] or 'not installed'}{about.get(e.name, '')}" for e in EXTRAS
+    )
     status: Status = "warn" if s.ray_cluster and "not reachable" in s.ray_cluster else "ok"
-    fix = "Check RAY_ADDRESS and that the cluster's head is up." if status == "warn" else ""
-    if not ray:
-        fix = "For --engine ray: pip install 'bge-rerank-cli[ray]'."
-    return CheckResult("optional-backends", status, finding, fix, details={"onnxruntime": onnx, "ray": ray})
+    fixes = (
+        ["Check RAY_ADDRESS and that the cluster's head is up."]
+        if status == "warn" and version["ray"]
+        else []
+    )
+    fixes += [f"For {e.used_by}: `{e.install}`." for e in EXTRAS if not version[e.name]]
+    details = {e.packages[0]: version[e.name] for e in EXTRAS}
+    return CheckResult("optional-backends", status, finding + ".", " ".join(fixes), details=details)
 
 
 def check_model_load(s: Snapshot) -> CheckResult:

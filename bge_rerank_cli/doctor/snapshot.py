@@ -1,7 +1,7 @@
 """Everything doctor looks at, gathered once into plain data. Checks are pure functions of this.
 
 Collection never raises: a part that cannot be read records why, and the checks report it.
-Optional packages are inspected through their metadata, never imported (TensorFlow, onnxruntime, Ray).
+Optional packages are inspected through their metadata, never imported (TensorFlow, the extras' packages).
 """
 
 from __future__ import annotations
@@ -23,6 +23,29 @@ from ..config import LoaderConfig
 from ..hub import Reachability, hub_offline, probe_hub
 from ..memory import available_bytes
 
+
+@dataclass(frozen=True)
+class Extra:
+    """An optional extra of pyproject.toml as doctor reports it: installed when one of ``packages`` is
+    (alternatives: its version stands for the extra's), and what it is for."""
+
+    name: str
+    packages: tuple[str, ...]
+    used_by: str
+
+    @property
+    def install(self) -> str:
+        return f"pip install 'bge-rerank-cli[{self.name}]'"
+
+
+# The extras of pyproject.toml's [project.optional-dependencies] (less dev) that doctor reports.
+EXTRAS = (
+    Extra("onnx", ("onnxruntime", "onnxruntime-gpu"), "--backend onnx"),
+    Extra("ray", ("ray",), "--engine ray"),
+    Extra("serve", ("fastapi",), "bge-rerank serve"),
+    Extra("plot", ("matplotlib",), "eval --plot and bench --plot"),
+    Extra("cache", ("redis",), "--score-cache redis://"),
+)
 PACKAGES = (
     "torch",
     "transformers",
@@ -36,9 +59,7 @@ PACKAGES = (
     "tf-nightly",
     "keras",
     "tf-keras",
-    "onnxruntime",
-    "onnxruntime-gpu",
-    "ray",
+    *(package for extra in EXTRAS for package in extra.packages),
     "bge-rerank-cli",
 )
 # Whose declared requirements we verify against what is installed.
