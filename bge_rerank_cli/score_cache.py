@@ -85,6 +85,10 @@ class CacheStore(Protocol):
 
     def clear(self, model: str | None = None) -> int: ...
 
+    def get_load(self, key: str) -> bytes | None: ...
+
+    def put_load(self, key: str, value: bytes, model: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -158,6 +162,8 @@ class SqliteStore:
                     CREATE INDEX IF NOT EXISTS scores_model ON scores (model);
                     CREATE TABLE IF NOT EXISTS lookups (
                         model TEXT PRIMARY KEY, hits INTEGER NOT NULL, misses INTEGER NOT NULL);
+                    CREATE TABLE IF NOT EXISTS loads (
+                        key TEXT PRIMARY KEY, value BLOB NOT NULL, model TEXT NOT NULL);
                     """
                 )
             except BaseException:
@@ -268,13 +274,26 @@ class SqliteStore:
             db = self._conn()
             if model is None:
                 (count,) = db.execute("SELECT COUNT(*) FROM scores").fetchone()
-                db.execute("DELETE FROM scores")
-                db.execute("DELETE FROM lookups")
+                for table in ("scores", "lookups", "loads"):
+                    db.execute(f"DELETE FROM {table}")
             else:
                 count = db.execute("DELETE FROM scores WHERE model = ?", (model,)).rowcount
-                db.execute("DELETE FROM lookups WHERE model = ?", (model,))
+                for table in ("lookups", "loads"):
+                    db.execute(f"DELETE FROM {table} WHERE model = ?", (model,))
             self._bytes = None
         return int(count)
+
+    def get_load(self, key: str) -> bytes | None:
+        """The record of how a configuration loaded (see ``jobs.settings.known_scorer``), if kept."""
+        with self._lock:
+            row = (
+                self._conn().execute("SELECT CAST(value AS BLOB) FROM loads WHERE key = ?", (key,)).fetchone()
+            )
+        return None if row is None else bytes(row[0])
+
+    def put_load(self, key: str, value: bytes, model: str) -> None:
+        with self._lock:
+            self._conn().execute("INSERT OR REPLACE INTO loads VALUES (?, ?, ?)", (key, value, model))
 
     def close(self) -> None:
         with self._lock:

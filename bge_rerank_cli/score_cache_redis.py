@@ -6,7 +6,9 @@ Layout, every key under ``bge-rerank:`` in the URL's database:
   and checksums it);
 - ``lru:<model id>``: a sorted set per model of its entries' hex keys, scored by last use (server time, µs);
 - ``models``: model name -> a small id (``next-id`` hands them out, and is never reset);
-- ``hits`` / ``misses``: lookups per model name.
+- ``hits`` / ``misses``: lookups per model name;
+- ``loads`` / ``load-models``: how a configuration loaded (see ``jobs.settings.known_scorer``) and the
+  model it belongs to, by the configuration's key.
 
 Every change is one Lua script, so it is atomic on the server however many processes write at once: a put
 adds the values and their LRU entries together, a lookup reads and marks as used together, and eviction
@@ -288,7 +290,30 @@ class RedisStore:
         self._sweep()
         return removed
 
+    def get_load(self, key: str) -> bytes | None:
+        try:
+            value = self._client.hget(PREFIX + "loads", key)
+        except self._errors as exc:
+            raise self._failed(exc) from exc
+        return None if value is None else bytes(value)
+
+    def put_load(self, key: str, value: bytes, model: str) -> None:
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(PREFIX + "loads", key, value)
+                pipe.hset(PREFIX + "load-models", key, model)
+                pipe.execute()
+        except self._errors as exc:
+            raise self._failed(exc) from exc
+
     def _clear_model(self, model: str) -> int:
+        try:  # the model's load records (a few keys): gone with its entries
+            keys = [k for k, m in self._client.hgetall(PREFIX + "load-models").items() if _text(m) == model]
+            if keys:
+                self._client.hdel(PREFIX + "loads", *keys)
+                self._client.hdel(PREFIX + "load-models", *keys)
+        except self._errors as exc:
+            raise self._failed(exc) from exc
         removed = 0
         while True:
             gone, left = self._run("clear", [model, CHUNK])

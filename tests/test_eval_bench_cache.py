@@ -33,14 +33,18 @@ def test_eval_twice_through_the_cache_gives_the_same_figures_the_second_time_all
         "hits": 0,
         "misses": pairs,
         "hit_rate": 0.0,
+        "model_loaded": True,
     }
-    assert warm["score_cache"] == {"where": str(cache), "hits": pairs, "misses": 0, "hit_rate": 1.0}
+    assert warm["score_cache"] == {"where": str(cache), "hits": pairs, "misses": 0, "hit_rate": 1.0,
+                                   "model_loaded": False}  # fmt: skip
+    assert warm["model"] == cold["model"]  # what scored it, from the cache's record of the load
     for key in ("measures", "top1_replacement_rate", "top1_replaced", "mean_abs_rank_shift", "queries"):
         assert off[key] == cold[key] == warm[key], key
     table = run_cli(eval_args(tiny_xlmr, cache, "-f", "table"))
     assert (
         table.returncode == 0
-        and f"score cache {cache}: {pairs} of {pairs} distinct pairs known (100%)" in (table.stdout.decode())
+        and f"score cache {cache}: {pairs} of {pairs} distinct pairs known (100%) (the model was not loaded)"
+        in (table.stdout.decode())
     )
 
 

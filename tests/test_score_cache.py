@@ -56,6 +56,7 @@ def test_cached_and_uncached_runs_write_identical_records(tiny_xlmr: Path, tmp_p
         assert off.returncode == cold.returncode == warm.returncode == 0, warm.stderr.decode()
         assert off.stdout == cold.stdout == warm.stdout and off.stdout
         assert b"score cache: 0 of" in cold.stderr and b"(100%)" in warm.stderr, warm.stderr.decode()
+        assert b"not loaded" not in cold.stderr and b"(the model was not loaded)" in warm.stderr
 
 
 def test_the_env_var_and_default_name_the_cache(tiny_xlmr: Path, tmp_path: Path):
@@ -200,8 +201,11 @@ def test_stats_and_clear_per_model(tmp_path: Path):
     a.lookup([Pair("q", "p"), Pair("q", "x")])
     stats = store.stats()
     assert stats.entries == 3 and stats.models["model-a"].hits == 1 and stats.models["model-a"].misses == 1
+    store.put_load("load-a", b"{}", "model-a")
+    store.put_load("load-b", b"{}", "model-b")
     assert store.clear("model-b") == 2 and store.stats().entries == 1
-    assert store.clear() == 1 and store.stats().entries == 0
+    assert store.get_load("load-b") is None and store.get_load("load-a") == b"{}"  # load records go too
+    assert store.clear() == 1 and store.stats().entries == 0 and store.get_load("load-a") is None
 
 
 def test_several_processes_write_one_file_at_once(tiny_xlmr: Path, tmp_path: Path):
@@ -300,3 +304,97 @@ def test_the_api_keys_each_call_by_its_current_options(tiny_xlmr: Path, tmp_path
         assert reranker.cache_stats == (0, len(PAIRS))  # the chunk-mode binding: nothing known yet
         reranker.options = ScoreOptions()
         assert reranker.score_pairs(PAIRS) == truncated and reranker.cache_stats == (len(PAIRS), 0)
+
+
+# --- a job whose pairs are all known never loads the model ----------------------------------------------
+
+
+def _job_run(model: Path, source: Path, out: Path, cache: Path, **config: object):
+    """``bge-rerank score`` as the runner does it, with a loader that counts its calls."""
+    from bge_rerank_cli.backends import load_scorer
+    from bge_rerank_cli.config import LoaderConfig
+    from bge_rerank_cli.jobs import Job, JsonlSource, Output, ScoreTask, run
+
+    loader_config = LoaderConfig(model=str(model), device="cpu", **config)  # type: ignore[arg-type]
+    loads: list[int] = []
+
+    def load():  # type: ignore[no-untyped-def]
+        loads.append(1)
+        return load_scorer(loader_config)
+
+    job = Job(
+        JsonlSource(str(source)), ScoreTask(ScoreOptions()), Output(str(out), "jsonl", None), on_error="fail"
+    )
+    store = open_store(str(cache))
+    try:
+        report = run(job, load, config=loader_config, cache=store)
+    finally:
+        store.close()
+    return report, len(loads)
+
+
+def test_a_job_of_known_pairs_never_loads_the_model(tiny_xlmr: Path, tmp_path: Path):
+    """The cache records how a configuration loaded; a job whose pairs are all known runs on that record
+    (same records, same checkpointed settings), and one with a new pair loads the model when it meets it."""
+    source, cache = tmp_path / "in.jsonl", tmp_path / "c.sqlite"
+    source.write_bytes((SAMPLES / "pairs.jsonl").read_bytes())
+    cold, cold_loads = _job_run(tiny_xlmr, source, tmp_path / "cold.jsonl", cache)
+    warm, warm_loads = _job_run(tiny_xlmr, source, tmp_path / "warm.jsonl", cache)
+    assert (cold_loads, cold.model_loaded) == (1, True)
+    assert (warm_loads, warm.model_loaded, warm.load_seconds) == (0, False, 0.0)
+    assert (tmp_path / "warm.jsonl").read_bytes() == (tmp_path / "cold.jsonl").read_bytes()
+    assert warm.scorer == cold.scorer and warm.max_length == cold.max_length
+    assert warm.model_limit == cold.model_limit
+
+    with source.open("ab") as handle:  # one new pair at the end: the model is loaded for it, once
+        handle.write(orjson.dumps({"query": "a new query", "passage": "a new passage"}) + b"\n")
+    more, more_loads = _job_run(tiny_xlmr, source, tmp_path / "more.jsonl", cache)
+    assert (more_loads, more.model_loaded) == (1, True) and more.load_seconds > 0
+    assert (more.stats.cache_hits, more.stats.cache_misses) == (warm.stats.cache_hits, 1)
+    lines = (tmp_path / "more.jsonl").read_bytes().splitlines(keepends=True)
+    assert b"".join(lines[:-1]) == (tmp_path / "cold.jsonl").read_bytes()
+
+    # A loader setting that changes how the model loads has no record yet: loaded, then recorded.
+    assert _job_run(tiny_xlmr, source, tmp_path / "b.jsonl", cache, batch_size=3)[1] == 1
+    assert _job_run(tiny_xlmr, source, tmp_path / "b.jsonl", cache, batch_size=3)[1] == 0
+
+
+def test_a_load_record_that_does_not_match_the_model_is_refused_and_replaced(tiny_xlmr: Path, tmp_path: Path):
+    """A record saying other than what the model loads as (a store edited, or written by other code) is
+    never scored under: the job stops with a clear error before writing a record keyed by it, the record is
+    replaced, and the next run is right. An unreadable record is no record: the model is loaded."""
+    cache = tmp_path / "c.sqlite"
+    base = [
+        "score",
+        str(SAMPLES / "pairs.jsonl"),
+        "-m",
+        str(tiny_xlmr),
+        "-f",
+        "jsonl",
+        "--score-cache",
+        str(cache),
+    ]
+    cold = run_cli(base)
+    assert cold.returncode == 0, cold.stderr.decode()
+    db = sqlite3.connect(cache)
+    ((key, raw),) = db.execute("SELECT key, value FROM loads").fetchall()
+    facts = orjson.loads(raw)
+    db.execute("UPDATE loads SET value = ? WHERE key = ?", (orjson.dumps({**facts, "dtype": "bf16"}), key))
+    db.commit()
+    refused = run_cli(base)
+    assert refused.returncode != 0 and refused.stdout == b"", refused.stderr.decode()
+    assert b"loaded with other settings (dtype)" in refused.stderr, refused.stderr.decode()
+    assert orjson.loads(db.execute("SELECT value FROM loads").fetchone()[0]) == facts  # replaced
+    again = run_cli(base)
+    assert (
+        again.returncode == 0
+        and again.stdout == cold.stdout
+        and b"(the model was not loaded)" in again.stderr
+    )
+
+    db.execute("UPDATE loads SET value = ?", (b"{not json",))
+    db.commit()
+    unreadable = run_cli(base)
+    assert unreadable.returncode == 0 and unreadable.stdout == cold.stdout
+    assert b"(100%)" in unreadable.stderr and b"not loaded" not in unreadable.stderr
+    db.close()

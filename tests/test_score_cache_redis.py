@@ -148,6 +148,7 @@ def test_cold_and_warm_runs_write_the_uncached_records(plain: bytes, tiny_xlmr: 
     assert cold.returncode == warm.returncode == 0, warm.stderr.decode()
     assert cold.stdout == warm.stdout == plain
     assert b"score cache: 0 of" in cold.stderr and b"(100%)" in warm.stderr, warm.stderr.decode()
+    assert b"(the model was not loaded)" in warm.stderr  # the server holds how the model loads too
 
 
 @pytest.mark.parametrize("changed", [{"max_length": 64}, {"long_docs": "chunk"}], ids=str)
@@ -209,7 +210,10 @@ def test_stats_and_clear_per_model(server: Server, url: str):
         assert stats.entries == 3 and stats.bytes == 3 * ENTRY_BYTES and stats.file_bytes is None
         assert (stats.models["model-a"].hits, stats.models["model-a"].misses) == (1, 1)
         assert stats.models["model-b"].entries == 2 and stats.to_json()["hit_rate"] == 0.5
+        store.put_load("load-a", b"{}", "model-a")
+        store.put_load("load-b", b"{}", "model-b")
         assert store.clear("model-b") == 2 and store.stats().entries == 1 and store.clear("model-b") == 0
+        assert store.get_load("load-b") is None and store.get_load("load-a") == b"{}"  # load records go too
         assert store.clear() == 1 and store.stats().entries == 0 and not store.stats().models
         assert redis.Redis.from_url(address).keys("*") == [f"{PREFIX}next-id".encode()]
         store.close()

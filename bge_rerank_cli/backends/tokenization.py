@@ -183,6 +183,11 @@ class TokenizedScorer:
         return self.pairs.query_cap
 
     @property
+    def instruction(self) -> str | None:
+        """A decoder reranker's task instruction, as its prompts carry it (``None`` for a cross-encoder)."""
+        return getattr(self.pairs, "instruction", None)
+
+    @property
     def batch_size(self) -> int:
         return self.config.batch_size
 

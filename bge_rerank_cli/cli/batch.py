@@ -225,6 +225,8 @@ def summarise(report: Report, config: LoaderConfig) -> None:
             from ..score_cache_common import known_line
 
             line += f"; score cache: {known_line(stats.cache_hits, stats.cache_misses)}"
+            if not report.model_loaded:
+                line += " (the model was not loaded)"
     if report.max_length is not None:  # the effective length: the request, clamped to the model once
         clamped = " (the model's limit)" if report.max_length != config.max_length else ""
         line += f"; max length {report.max_length}{clamped}"

@@ -125,12 +125,13 @@ def eval_(
             try:
                 with console.progress(quiet) as advance:
                     report = run_job(Job(source, task, Output(format="rows")), console.loader(config, quiet),
-                                     progress=advance, cache=store)  # fmt: skip
+                                     config=config, progress=advance, cache=store)  # fmt: skip
             finally:
                 if store is not None:
                     store.close()
             if store is not None:
-                cached = _cache_report(store.where, report.stats.cache_hits, report.stats.cache_misses)
+                cached = _cache_report(store.where, report.stats.cache_hits, report.stats.cache_misses,
+                                       report.model_loaded)  # fmt: skip
             results = report.rows or []
             latency = report.scoring_seconds / max(len(results), 1)
             before, after = first_stage_run(results), run_from_results(results)
@@ -165,11 +166,13 @@ def _draw(
         console.say(f"plot written to {escape(str(written))}")
 
 
-def _cache_report(where: str, hits: int, misses: int) -> dict[str, Any]:
-    """The score cache's part of the report: where it is (no secrets), the distinct pairs it knew and not."""
+def _cache_report(where: str, hits: int, misses: int, model_loaded: bool) -> dict[str, Any]:
+    """The score cache's part of the report: where it is (no secrets), the distinct pairs it knew and not,
+    and whether the model had to be loaded (not when the cache knew every pair)."""
     from ..score_cache_common import hit_rate
 
-    return {"where": where, "hits": hits, "misses": misses, "hit_rate": hit_rate(hits, misses)}
+    return {"where": where, "hits": hits, "misses": misses, "hit_rate": hit_rate(hits, misses),
+            "model_loaded": model_loaded}  # fmt: skip
 
 
 def _made_with(described: dict[str, Any], config: LoaderConfig) -> dict[str, Any]:
@@ -217,7 +220,8 @@ def _render(report: dict[str, Any], changes: list[QueryChange], console: Console
         from ..score_cache_common import known_line
 
         console.print(
-            f"score cache {escape(cache['where'])}: {known_line(cache['hits'], cache['misses'])}",
+            f"score cache {escape(cache['where'])}: {known_line(cache['hits'], cache['misses'])}"
+            + ("" if cache.get("model_loaded", True) else " (the model was not loaded)"),
             soft_wrap=True,  # a long path is not folded
         )
     console.print()

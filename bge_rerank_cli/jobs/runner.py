@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..backends.base import Scorer
+from ..backends.recorded import RecordedScorer
 from ..config import Choice, LoaderConfig, ScoreOptions
 from ..engine import Interrupted, JobControl, RunStats
 from ..errors import InvalidOption, UsageError, option
@@ -92,6 +93,7 @@ class Report:
     last_line: int = 0  # every input line up to here is accounted for
     seconds: float = 0.0
     load_seconds: float = 0.0
+    model_loaded: bool = True  # False: every pair was in the score cache, and the model was never loaded
     scoring_seconds: float = 0.0
     stats: RunStats = field(default_factory=RunStats)
     scorer: dict[str, Any] = field(default_factory=dict)  # Scorer.describe(), when a model was loaded
@@ -179,7 +181,7 @@ def run(
             if output.to_file:
                 Checkpoint.remove(str(output.path))
             return _finish(report, intake, started)
-        scorer = load()
+        scorer = _scorer(load, config, cache)
         checkpointed = output.to_file and output.format == "jsonl"
         report.load_seconds, report.scorer = scorer.load_seconds, scorer.describe()
         report.max_length, report.model_limit = scorer.max_length, scorer.model_limit
@@ -220,6 +222,9 @@ def run(
         out.flush()
         errors.flush()
         report.scoring_seconds = time.perf_counter() - scoring_started
+        if isinstance(scorer, RecordedScorer):  # a model loaded part-way: its load is not scoring time
+            report.model_loaded, report.load_seconds = scorer.loaded, scorer.load_seconds
+            report.scoring_seconds -= scorer.load_seconds
         if checkpointed and not report.stopped:
             _save(ckpt, base, output, intake, out, errors, report.written)
         if intake.failure is not None:
@@ -233,6 +238,21 @@ def run(
         if output.to_file and not report.stopped:
             Checkpoint.remove(str(output.path))
         return report
+
+
+def _scorer(load: Loader, config: LoaderConfig | None, cache: CacheStore | None) -> Scorer:
+    """The job's scorer: with a score cache that recorded how ``config`` loads, one that loads the model
+    only if a pair is not in the cache; else loaded now (and recorded, when there is a cache)."""
+    if cache is None or config is None:
+        return load()
+    from .settings import known_scorer, record_load
+
+    known = known_scorer(cache, config, load)
+    if known is not None:
+        return known
+    scorer = load()
+    record_load(cache, config, scorer)
+    return scorer
 
 
 def _check(job: Job) -> None:

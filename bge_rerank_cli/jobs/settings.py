@@ -22,18 +22,22 @@ loaded scorer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from ..config import LoaderConfig, ScoreOptions
 from ..errors import option
 
 if TYPE_CHECKING:
     from ..backends.base import Scorer
+    from ..backends.recorded import RecordedScorer
     from ..score_cache import CacheStore, PairCache
     from .sources import Source
     from .tasks import Task
@@ -141,7 +145,7 @@ def after_load(scorer: Scorer, requested: LoaderConfig | None = None) -> Setting
     config = scorer.config
     described = scorer.describe()
     template = str(getattr(scorer, "template", "cross-encoder"))
-    instruction = getattr(getattr(scorer, "pairs", None), "instruction", None)
+    instruction = getattr(scorer, "instruction", None)
     query_cap = getattr(scorer, "query_cap", None)
     share = (
         f"asked {config.query_max_length}"
@@ -172,6 +176,80 @@ def bind_cache(
     return PairCache(
         store, namespace({name: s.value for name, s in settings.items()}), str(scorer.config.model)
     )
+
+
+def load_key(config: LoaderConfig) -> str | None:
+    """Everything that decides how ``config`` loads, as one digest, when that is known without loading:
+    the model files (``None`` when they are not on disk yet), every loader setting but the device-free
+    ones that move no score, the backend ``auto`` resolves to here, the device ``auto`` is here (a torch
+    import, not a model load), and this version of bge-rerank. Two loads with one key resolve alike."""
+    from .. import __version__
+    from ..recommend import resolve_backend
+
+    fingerprint = model_fingerprint(config)
+    if fingerprint is None:
+        return None
+    resolved = resolve_backend(config)
+    device = "cpu" if resolved.backend == "onnx" else config.device
+    if device != "cpu":
+        from ..backends.torch_scorer import resolve_device
+
+        device = resolve_device(device)
+    keyed = {
+        "version": __version__,
+        "model": fingerprint,
+        "backend": resolved.backend,
+        "device": device,
+        **{name: getattr(config, name) for name in LOAD_KEYED},
+    }
+    return hashlib.sha256(orjson.dumps(keyed, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+# LoaderConfig fields a load resolves from besides the model, backend and device (offline, cache_dir and
+# revision only say where the files are: the fingerprint covers them).
+LOAD_KEYED = ("dtype", "max_length", "query_max_length", "batch_size", "batch_tokens", "trust_remote_code",
+              "quantize", "template", "instruction", "prefix_reuse")  # fmt: skip
+
+
+def known_scorer(
+    store: CacheStore, config: LoaderConfig, load: Callable[[], Scorer]
+) -> RecordedScorer | None:
+    """A scorer for ``config`` from ``store``'s record of an earlier load of it (see
+    :mod:`~bge_rerank_cli.backends.recorded`), which calls ``load`` only when a pair needs the model, or
+    ``None`` when there is no usable record (then load as usual and :func:`record_load`). A store that
+    fails here is ``None`` too: the cache's first lookup meets the failure again and warns."""
+    from ..backends.recorded import FACTS, RecordedScorer
+
+    key = load_key(config)
+    if key is None:
+        return None
+    try:
+        raw = store.get_load(key)
+        facts = orjson.loads(raw) if raw is not None else None
+    except Exception:
+        return None
+    wanted = {*FACTS, "backend", "describe"}
+    if not isinstance(facts, dict) or set(facts) != wanted or not isinstance(facts["describe"], dict):
+        return None  # none, or not one this version writes: load, and record it anew
+
+    def load_and_record() -> Scorer:
+        scorer = load()
+        record_load(store, config, scorer)
+        return scorer
+
+    return RecordedScorer(config, facts, load_and_record)
+
+
+def record_load(store: CacheStore, config: LoaderConfig, scorer: Scorer) -> None:
+    """Record in ``store`` what ``scorer`` (loaded from ``config``) resolved, for :func:`known_scorer`.
+    Best effort: a failing store is the cache's to warn about."""
+    from ..backends.recorded import facts_of
+
+    key = load_key(config)
+    if key is None:
+        return
+    with contextlib.suppress(Exception):
+        store.put_load(key, orjson.dumps(facts_of(scorer)), str(config.model))
 
 
 def _instruction_shown(instruction: str | None, requested: str | None) -> str:
