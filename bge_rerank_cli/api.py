@@ -67,9 +67,7 @@ class Reranker:
     @property
     def scorer(self) -> Scorer:
         if self._scorer is None:
-            from .backends import load_scorer
-
-            self._scorer = load_scorer(self.config)
+            self._scorer = self._load()
             if self._scorer.describe().get("random_weights"):
                 warnings.warn(
                     f"{self.config.model} has RANDOM weights (a stand-in built by tools/random_model.py): "
@@ -78,6 +76,18 @@ class Reranker:
                     stacklevel=_callers_level(),
                 )
         return self._scorer
+
+    def _load(self) -> Scorer:
+        """The model; with a score cache that recorded how this configuration loads, a scorer that loads
+        it only when a pair is not in the cache (calls of known pairs never load it)."""
+        from .backends import load_scorer
+
+        config = self.config
+        if self._store is None:
+            return load_scorer(config)
+        from .jobs.settings import load_through_cache
+
+        return load_through_cache(self._store, config, lambda: load_scorer(config))
 
     def _control(self) -> JobControl:
         """How in-memory calls score: through the score cache when there is one, bound to the options and

@@ -30,6 +30,7 @@ from .records import Pair
 
 if TYPE_CHECKING:
     from .ceilings import Ceiling, EncoderShape
+    from .score_cache import StoreSpec
 
 SETUPS: tuple[str, ...] = ("torch-fp32", "torch-fp16", "torch-bf16", "onnx-fp32", "onnx-int8")
 
@@ -145,21 +146,13 @@ def machine() -> str:
     return f"{cpu}, {cpu_threads()} CPU threads, Python {platform.python_version()}"
 
 
-@dataclass(frozen=True)
-class CacheSpec:
-    """The score cache to measure through: what ``--score-cache`` named and its bound in bytes."""
-
-    spec: str
-    max_bytes: int | None = None
-
-
 def run_setups(
     base: LoaderConfig,
     setups: Sequence[str],
     requests: Sequence[Request],
     *,
     timeout: float | None = None,
-    cache: CacheSpec | None = None,
+    cache: StoreSpec | None = None,
 ) -> list[Measurement]:
     """Measure each setup in its own child process; the first one is the accuracy reference. With
     ``cache``, each child also runs the batch job through that score cache (:class:`CacheRuns`)."""
@@ -257,7 +250,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def measure(
-    config: LoaderConfig, setup: str, requests: Sequence[Request], cache: CacheSpec | None = None
+    config: LoaderConfig, setup: str, requests: Sequence[Request], cache: StoreSpec | None = None
 ) -> Measurement:
     """Run in the child: load, warm up, time the batch job and each request, read peak memory; then,
     with ``cache``, the batch job through the score cache twice (after the rest: it changes no figure
@@ -313,13 +306,12 @@ def measure(
     )
 
 
-def cached_runs(scorer: Any, pairs: Sequence[Pair], cache: CacheSpec, cuda: bool = False) -> CacheRuns:
+def cached_runs(scorer: Any, pairs: Sequence[Pair], cache: StoreSpec, cuda: bool = False) -> CacheRuns:
     """The batch job over ``pairs`` through the score cache, twice: first (its misses scored and stored),
     then again (every pair known, unless the store failed: then ``error`` says why)."""
     from .jobs.settings import bind_cache
-    from .score_cache import open_store
 
-    store = open_store(cache.spec, cache.max_bytes)
+    store = cache.open()
     try:
         bound = bind_cache(store, scorer, ScoreOptions())
         first, again = (_cached_pass(scorer, pairs, bound, cuda) for _ in range(2))
@@ -351,7 +343,9 @@ def _child() -> int:
     job = json.loads(sys.stdin.read())
     config = LoaderConfig(**job["config"])
     requests = [Request(r["query"], tuple(r["passages"])) for r in job["requests"]]
-    cache = CacheSpec(**job["cache"]) if job.get("cache") else None
+    from .score_cache import StoreSpec
+
+    cache = StoreSpec(**job["cache"]) if job.get("cache") else None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if job.get("prepare"):

@@ -27,7 +27,11 @@ class Interrupted(Exception):
 
 class PairLookup(Protocol):
     """What the engine needs of a score cache (:class:`bge_rerank_cli.score_cache.PairCache`): records
-    for pairs it holds (``None`` for the rest), and the records of pairs just scored."""
+    for pairs it holds (``None`` for the rest), and the records of pairs just scored. ``failed`` says why
+    the store is off (then a lookup answers nothing and is not counted), ``None`` while it works."""
+
+    @property
+    def failed(self) -> str | None: ...
 
     def lookup(self, pairs: Sequence[Pair]) -> list[Scored | None]: ...
 
@@ -48,6 +52,7 @@ class RunStats:
     top1_replaced: int = 0  # groups whose best document was not first in the input
     cache_hits: int = 0  # distinct pairs the score cache answered
     cache_misses: int = 0  # distinct pairs it was asked for and the model scored
+    cache_failed: str | None = None  # why the store went off part-way (or from the start), if it did
 
     def add(self, pairs: int, scored: Sequence[Scored], unique: int, sequences: int) -> None:
         self.pairs += pairs
@@ -189,8 +194,12 @@ def score_pairs(
     if control.cache is not None:
         known = control.cache.lookup(unique)
         by_pair = {pair: hit for pair, hit in zip(unique, known, strict=True) if hit is not None}
-        control.stats.cache_hits += len(by_pair)
-        control.stats.cache_misses += len(unique) - len(by_pair)
+        failed = control.cache.failed
+        if failed is None:  # a store that failed was not asked, or did not answer: no hits, no misses
+            control.stats.cache_hits += len(by_pair)
+            control.stats.cache_misses += len(unique) - len(by_pair)
+        elif control.stats.cache_failed is None:
+            control.stats.cache_failed = failed
     missing = [pair for pair in unique if pair not in by_pair] if by_pair else unique
     sequences = 0
     step = group_budget(scorer)

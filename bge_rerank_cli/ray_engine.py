@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -20,6 +20,9 @@ from .errors import BgeRerankError, InputError, UsageError, option
 from .inputs import Rejected, parse_line, read_lines, split_lines
 from .jobs import Task
 from .outputs import merge
+
+if TYPE_CHECKING:
+    from .score_cache import StoreSpec
 
 INSTALL_HINT = "pip install 'bge-rerank-cli[ray]'"
 
@@ -31,8 +34,7 @@ class RayJob:
     task: Task[Any, Any]
     config: LoaderConfig
     on_error: str = "fail"
-    score_cache: str | None = None  # each actor opens it: a redis:// URL is shared across nodes
-    score_cache_max_size: int | None = None
+    score_cache: StoreSpec | None = None  # each actor opens it: a redis:// URL is shared across nodes
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,8 @@ class ScoreActor:
         self.cache = None
         if job.score_cache is not None:
             from .jobs.settings import bind_cache
-            from .score_cache import open_store
 
-            store = open_store(job.score_cache, job.score_cache_max_size)
+            store = job.score_cache.open()
             self.cache = bind_cache(store, self.scorer, getattr(job.task, "options", ScoreOptions()))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:

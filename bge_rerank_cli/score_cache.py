@@ -23,6 +23,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +39,10 @@ DEFAULT = "default"
 ENV = "BGE_RERANK_SCORE_CACHE"
 FORMAT = 1  # of keys and values: a change makes old entries unreachable, never misread
 DEFAULT_MAX_SIZE = 1 << 30  # 1 GiB of entries
+BUSY_TIMEOUT = 30.0  # seconds a batch job waits for another writer of the SQLite file
+SERVICE_BUSY_TIMEOUT = (
+    2.0  # a service's: a file locked longer fails the call (the cache is tried again later)
+)
 ENTRY_OVERHEAD = 48  # bytes an entry costs beyond its key, value and model name (index, row header)
 _UNITS = {
     "": 1,
@@ -92,17 +97,39 @@ class CacheStore(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class StoreSpec:
+    """How another process (a Ray actor, a bench child) opens the same store: ``spec`` as
+    :func:`open_store` takes it (a SQLite file by its absolute path, a server by its URL, password and
+    all: this is never shown) and the bound in bytes. Picklable and JSON-able (``StoreSpec(**fields)``)."""
+
+    spec: str
+    max_bytes: int
+
+    @classmethod
+    def of(cls, store: CacheStore) -> StoreSpec:
+        path = getattr(store, "path", None)
+        spec = str(Path(path).resolve()) if path is not None else str(getattr(store, "spec", store.where))
+        return cls(spec, store.max_bytes)
+
+    def open(self) -> CacheStore:
+        return open_store(self.spec, self.max_bytes)
+
+
 def default_path() -> Path:
     from .hub import own_cache
 
     return own_cache() / "scores.sqlite"
 
 
-def open_store(spec: str, max_bytes: int | str | None = None) -> CacheStore:
+def open_store(
+    spec: str, max_bytes: int | str | None = None, *, busy_timeout: float = BUSY_TIMEOUT
+) -> CacheStore:
     """The store ``spec`` names: ``default`` (the SQLite file in bge-rerank's cache folder), a file path,
     or a ``redis://`` / ``rediss://`` / ``valkey://`` URL. Opening does not touch the store yet: a store
     that cannot be reached or read is found out at first use, and warned about there. ``max_bytes``: the
-    bound, as bytes or as :func:`parse_size` reads it (``500MB``); default 1 GiB."""
+    bound, as bytes or as :func:`parse_size` reads it (``500MB``); default 1 GiB. ``busy_timeout``: how
+    long a SQLite call waits for another process's write (a server's calls have timeouts of their own)."""
     spec = str(spec).strip()
     if not spec:
         raise UsageError("--score-cache: give default, a file path or a redis:// URL.")
@@ -119,7 +146,8 @@ def open_store(spec: str, max_bytes: int | str | None = None) -> CacheStore:
         return RedisStore(spec, size)
     if "://" in spec:
         raise UsageError(f"--score-cache {spec}: not a file path, and only redis:// or valkey:// URLs work.")
-    return SqliteStore(default_path() if spec == DEFAULT else Path(spec).expanduser(), size)
+    path = default_path() if spec == DEFAULT else Path(spec).expanduser()
+    return SqliteStore(path, size, busy_timeout=busy_timeout)
 
 
 @contextlib.contextmanager
@@ -138,8 +166,9 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 class SqliteStore:
     """Entries in one SQLite file: WAL mode, a busy timeout for several writers, LRU by last use."""
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
         self.where = str(path)
         self.max_bytes = max_bytes
         self._db: sqlite3.Connection | None = None
@@ -149,7 +178,9 @@ class SqliteStore:
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")

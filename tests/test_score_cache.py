@@ -176,6 +176,7 @@ def test_a_broken_cache_file_warns_once_and_the_job_runs_uncached(damage, tiny_x
     assert broken.stdout == good.stdout
     stderr = broken.stderr.decode()
     assert stderr.count("score cache") >= 1 and stderr.count("is unusable") == 1, stderr
+    assert "score cache off after it failed" in stderr and "pairs known" not in stderr  # no "0 of 10 known"
 
 
 def test_lru_keeps_the_store_within_its_bound(tmp_path: Path):
@@ -398,3 +399,21 @@ def test_a_load_record_that_does_not_match_the_model_is_refused_and_replaced(tin
     assert unreadable.returncode == 0 and unreadable.stdout == cold.stdout
     assert b"(100%)" in unreadable.stderr and b"not loaded" not in unreadable.stderr
     db.close()
+
+
+def test_the_api_scores_known_pairs_without_loading_the_model(tiny_xlmr: Path, tmp_path: Path):
+    from bge_rerank_cli.backends.recorded import RecordedScorer
+
+    cache = str(tmp_path / "c.sqlite")
+    cold = Reranker(str(tiny_xlmr), device="cpu", score_cache=cache)
+    expected = cold.score_pairs(PAIRS)
+    cold.close()
+    with Reranker(str(tiny_xlmr), device="cpu", score_cache=cache) as warm:
+        assert warm.score_pairs(PAIRS) == expected
+        scorer = warm.scorer
+        assert isinstance(scorer, RecordedScorer) and not scorer.loaded  # the record stood in for it
+        assert scorer.describe() == cold.scorer.describe() and scorer.max_length == cold.scorer.max_length
+        fresh = warm.score_pairs([("a new query", "a new passage")])  # a miss: the model loads now
+        assert scorer.loaded and scorer.load_seconds > 0
+    uncached = Reranker(str(tiny_xlmr), device="cpu").score_pairs([("a new query", "a new passage")])
+    assert fresh[0].logit == pytest.approx(uncached[0].logit, abs=1e-5)

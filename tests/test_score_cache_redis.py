@@ -319,6 +319,7 @@ def test_a_server_killed_mid_job_warns_once_and_the_job_finishes(tiny_xlmr: Path
     assert job.returncode == 0, err.decode()
     assert target.read_bytes() == (tmp_path / "plain.jsonl").read_bytes()
     _unusable_once(err)
+    assert b"score cache off part-way after it failed" in err, err.decode()  # its known/asked say until when
 
 
 def test_a_server_not_running_warns_once_and_the_job_runs_uncached(plain: bytes, tiny_xlmr: Path):

@@ -300,3 +300,76 @@ def test_a_failed_store_is_tried_again_after_a_while_and_comes_back(tmp_path: Pa
     Flaky.down = False
     time.sleep(0.35)
     assert for_good.lookup(pairs) == [None, None] and Flaky.calls == 1 and for_good.failed is not None
+
+
+class Slow(SqliteStore):
+    """A real SQLite store whose writes wait for a gate (a store that is slow to write)."""
+
+    gate = threading.Event()
+
+    def put_many(self, entries, model):  # type: ignore[no-untyped-def]
+        Slow.gate.wait(30)
+        super().put_many(entries, model)
+
+
+def test_an_answer_never_waits_for_the_store_and_a_later_lookup_finds_what_it_remembers(tmp_path: Path):
+    """remember_later returns at once (the answer goes out), and a lookup made after it runs after it in
+    the cache's own thread, so the same client asking again finds the scores; close() finishes the writes."""
+    import asyncio
+
+    cache = ServiceCache(PairCache(Slow(tmp_path / "s.sqlite", parse_size("1MB")), b"space", "m"))
+    pairs, scored = [Pair("q", "a"), Pair("q", "b")], [Scored(1.0), Scored(2.0)]
+
+    async def scenario() -> None:
+        started = time.monotonic()
+        written = cache.remember_later(pairs, scored)
+        assert time.monotonic() - started < 0.5 and not written.done()
+        lookup = asyncio.ensure_future(cache.lookup_async(pairs))
+        await asyncio.sleep(0.3)
+        assert not lookup.done()  # behind the write, in order: not a miss that raced it
+        loop_free = time.monotonic()
+        await asyncio.sleep(0.01)  # the event loop was never blocked by the store
+        assert time.monotonic() - loop_free < 0.2
+        Slow.gate.set()
+        assert await asyncio.wait_for(lookup, 10) == scored
+
+    try:
+        asyncio.run(scenario())
+        Slow.gate.clear()
+        later = cache.remember_later([Pair("q", "c")], [Scored(3.0)])
+        threading.Timer(0.3, Slow.gate.set).start()
+        cache.close()  # waits for the write in the queue, then closes the store
+        assert later.done() and later.exception() is None
+    finally:
+        Slow.gate.set()
+    reopened = PairCache(SqliteStore(tmp_path / "s.sqlite", parse_size("1MB")), b"space", "m")
+    assert reopened.lookup([Pair("q", "c")]) == [Scored(3.0)]
+
+
+def test_a_cache_file_locked_by_another_process_costs_the_service_2s_once(tiny_xlmr: Path, tmp_path: Path):
+    """Another writer holding the SQLite file locked: the service's next call to it (here the write after
+    the first answer) gives up after its 2 s busy timeout (a batch job waits 30 s), requests are answered
+    uncached, and once the lock is gone the store is tried again (--score-cache-retry) and used."""
+    import sqlite3
+
+    store = tmp_path / "scores.sqlite"
+    server = start(tiny_xlmr, tmp_path, "--score-cache", str(store), "--score-cache-retry", "1")
+    locker = sqlite3.connect(store, isolation_level=None)
+    try:
+        first = answer(server, "/v2/rerank", {"query": QUERY, "documents": DOCS})  # remembered
+        locker.execute("BEGIN EXCLUSIVE")  # another process's long write
+        started = time.monotonic()
+        body = {"query": "another query", "documents": DOCS}
+        locked = answer(server, "/v2/rerank", body)
+        assert 1.5 < time.monotonic() - started < 15  # the busy timeout, once: not 30 s
+        assert cached(server, "up", tiny_xlmr) == 0 and cached(server, "failures_total", tiny_xlmr) == 1
+        locker.execute("ROLLBACK")
+        time.sleep(1.2)  # past --score-cache-retry
+        assert answer(server, "/v2/rerank", {"query": QUERY, "documents": DOCS}) == first
+        assert cached(server, "up", tiny_xlmr) == 1 and cached(server, "hits_total", tiny_xlmr) >= DISTINCT
+        assert answer(server, "/v2/rerank", body) == locked
+    finally:
+        locker.close()
+        stop(server)
+    log = server.log.read_text()
+    assert log.count("is unusable") == 1 and log.count("works again") == 1, log[-3000:]

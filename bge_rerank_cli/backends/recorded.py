@@ -69,6 +69,8 @@ class RecordedScorer:
         with self._lock:
             if self._real is None:
                 scorer = self._load()
+                if isinstance(scorer, RecordedScorer):  # the loader gave one of these: its model, then
+                    scorer = scorer.real()
                 differ = sorted(
                     name for name, value in facts_of(scorer).items() if self.facts.get(name) != value
                 )

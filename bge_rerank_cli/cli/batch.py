@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,6 +24,9 @@ from . import console as term
 from . import options as opt
 from .exits import flag_name
 from .views import STAND_IN
+
+if TYPE_CHECKING:
+    from ..score_cache import StoreSpec
 
 T = TypeVar("T")
 
@@ -57,7 +60,7 @@ class BatchOptions:
     flags: OutputFlags
     ray: RayOptions | None
     cache: Any = None  # the score cache's store (--score-cache), or None
-    cache_spec: tuple[str, int | None] | None = None  # what --score-cache named, for Ray's actors to open
+    cache_spec: StoreSpec | None = None  # what --score-cache named, for Ray's actors to open
 
 
 def _batch_options(
@@ -82,14 +85,12 @@ def _batch_options(
     ray = RayOptions(ray_address, actors, gpus_per_actor, cpus_per_actor) if engine == "ray" else None
     flags = OutputFlags(fmt, output, errors, on_error, resume, quiet)
     cache = opt.open_score_cache(score_cache, score_cache_max_size)
-    spec = (_cache_spec(cache, str(score_cache)), cache.max_bytes) if cache is not None else None
+    spec = None
+    if cache is not None:
+        from ..score_cache import StoreSpec
+
+        spec = StoreSpec.of(cache)
     return BatchOptions(ScoreOptions(long_docs, chunk_overlap, max_chunks), flags, ray, cache, spec)
-
-
-def _cache_spec(store: Any, given: str) -> str:
-    """How another process (a Ray actor) opens the same cache: a SQLite file by its absolute path."""
-    path = getattr(store, "path", None)
-    return str(path.resolve()) if path is not None else given.strip()
 
 
 def batch_options(*, ranked: bool = True) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -227,6 +228,9 @@ def summarise(report: Report, config: LoaderConfig) -> None:
             line += f"; score cache: {known_line(stats.cache_hits, stats.cache_misses)}"
             if not report.model_loaded:
                 line += " (the model was not loaded)"
+        if stats.cache_failed is not None:
+            line += "; score cache " + ("off part-way" if stats.cache_hits or stats.cache_misses else "off")
+            line += " after it failed (see the warning)"
     if report.max_length is not None:  # the effective length: the request, clamped to the model once
         clamped = " (the model's limit)" if report.max_length != config.max_length else ""
         line += f"; max length {report.max_length}{clamped}"

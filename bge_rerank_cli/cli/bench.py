@@ -23,8 +23,9 @@ from .exits import reported_errors
 from .views import STAND_IN
 
 if TYPE_CHECKING:
-    from ..benchmark import CacheSpec, Measurement, Request
+    from ..benchmark import Measurement, Request
     from ..ceilings import Ceiling
+    from ..score_cache import StoreSpec
 
 
 @opt.loader_options(precision=False)
@@ -164,16 +165,16 @@ def bench(
             raise typer.Exit(ExitCode.CHECKS_FAILED)
 
 
-def _cache_spec(spec: str | None, max_size: str | None) -> CacheSpec | None:
+def _cache_spec(spec: str | None, max_size: str | None) -> StoreSpec | None:
     """The score cache --score-cache names, checked here (a bad size or URL fails before any measuring);
     each setup's process opens it."""
-    from ..benchmark import CacheSpec
+    from ..score_cache import StoreSpec
 
     store = opt.open_score_cache(spec, max_size)
-    if store is None or spec is None:
+    if store is None:
         return None
     store.close()
-    return CacheSpec(spec.strip(), store.max_bytes)
+    return StoreSpec.of(store)
 
 
 def _row(result: Measurement) -> dict[str, Any]:

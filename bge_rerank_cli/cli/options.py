@@ -402,16 +402,17 @@ ScoreCacheMaxSize = Annotated[
 ]
 
 
-def open_score_cache(spec: str | None, max_size: str | None) -> Any:
+def open_score_cache(spec: str | None, max_size: str | None, *, service: bool = False) -> Any:
     """The store ``--score-cache`` names, or ``None`` without one (``--score-cache-max-size`` alone
-    does nothing but is checked)."""
-    from ..score_cache import open_store, parse_size
+    does nothing but is checked). ``service``: a SQLite file locked by another writer fails a call
+    after 2 s rather than 30 s (the service goes on uncached and tries it again later)."""
+    from ..score_cache import BUSY_TIMEOUT, SERVICE_BUSY_TIMEOUT, open_store, parse_size
 
     if not (spec and spec.strip()):
         if max_size is not None:
             parse_size(max_size)
         return None
-    return open_store(spec, max_size)
+    return open_store(spec, max_size, busy_timeout=SERVICE_BUSY_TIMEOUT if service else BUSY_TIMEOUT)
 
 
 PRECISION_OPTIONS = ("fp16", "dtype", "backend", "quantize")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import LoaderConfig
 from ..errors import UsageError
 from ..jobs import Task
 from .batch import OutputFlags, RayOptions
 from .console import err_console, say
+
+if TYPE_CHECKING:
+    from ..score_cache import StoreSpec
 
 
 def run_ray(
@@ -17,7 +20,7 @@ def run_ray(
     flags: OutputFlags,
     ray: RayOptions,
     input: str | None,
-    cache: tuple[str, int | None] | None = None,
+    cache: StoreSpec | None = None,
 ) -> None:
     from ..ray_engine import RayJob, run
 
@@ -30,7 +33,7 @@ def run_ray(
     if flags.fmt not in ("auto", "jsonl"):
         raise UsageError("--engine ray writes JSONL only.")
     result = run(
-        RayJob(task, config, flags.on_error, *(cache or (None, None))),
+        RayJob(task, config, flags.on_error, cache),
         input,
         flags.output,
         address=ray.address,

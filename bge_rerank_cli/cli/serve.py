@@ -201,7 +201,7 @@ def serve(
             config,
             options,
             limits,
-            score_cache=opt.open_score_cache(score_cache, score_cache_max_size),
+            score_cache=opt.open_score_cache(score_cache, score_cache_max_size, service=True),
             score_cache_retry=score_cache_retry,
         )
         metrics, drain = Metrics(), Drain(drain_seconds)

@@ -245,14 +245,9 @@ def _scorer(load: Loader, config: LoaderConfig | None, cache: CacheStore | None)
     only if a pair is not in the cache; else loaded now (and recorded, when there is a cache)."""
     if cache is None or config is None:
         return load()
-    from .settings import known_scorer, record_load
+    from .settings import load_through_cache
 
-    known = known_scorer(cache, config, load)
-    if known is not None:
-        return known
-    scorer = load()
-    record_load(cache, config, scorer)
-    return scorer
+    return load_through_cache(cache, config, load)
 
 
 def _check(job: Job) -> None:

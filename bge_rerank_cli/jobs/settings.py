@@ -173,9 +173,8 @@ def bind_cache(
     from ..score_cache import PairCache, namespace
 
     settings = {**after_load(scorer), **options_settings(options)}
-    return PairCache(
-        store, namespace({name: s.value for name, s in settings.items()}), str(scorer.config.model)
-    )
+    space = namespace({name: s.value for name, s in settings.items()})
+    return PairCache(store, space, str(scorer.config.model), retry_after=retry_after)
 
 
 def load_key(config: LoaderConfig) -> str | None:
@@ -238,6 +237,17 @@ def known_scorer(
         return scorer
 
     return RecordedScorer(config, facts, load_and_record)
+
+
+def load_through_cache(store: CacheStore, config: LoaderConfig, load: Callable[[], Scorer]) -> Scorer:
+    """A scorer for ``config``: from ``store``'s record of how it loads (the model loaded only if a pair
+    needs it), else ``load()`` now, recorded for the next time."""
+    known = known_scorer(store, config, load)
+    if known is not None:
+        return known
+    scorer = load()
+    record_load(store, config, scorer)
+    return scorer
 
 
 def record_load(store: CacheStore, config: LoaderConfig, scorer: Scorer) -> None:

@@ -152,11 +152,12 @@ class Engine:
     ) -> Scoring:
         """Scores of ``pairs`` in order (identical pairs scored once) and the tokens they took.
 
-        With a score cache, the distinct pairs are looked up first (in a worker thread) and only the
+        With a score cache, the distinct pairs are looked up first (in the cache's thread) and only the
         misses go on. Admission comes next: the pairs for the model are counted against the queue bound
         before any tokenising (:class:`QueueFull` costs nothing but the lookup); a request the cache
         answers whole never waits for the model and is never refused. ``--timeout`` covers everything
-        from the lookup on, tokenising included. What the model scored is remembered before the answer.
+        from the lookup on, tokenising included. What the model scored is remembered after the answer,
+        in order: a request made after it finds it.
         ``doc_tokens`` cuts each passage to that many tokens first (Cohere's ``max_tokens_per_doc``);
         ``usage``: count the tokens of the pairs the cache answered too (:attr:`Scoring.tokens`).
         """
@@ -173,8 +174,7 @@ class Engine:
                 f"not scored within {self.limits.timeout_seconds:g}s; the service is overloaded."
             ) from None
         if self.cache is not None and found.fresh:
-            fresh = [found.by_pair[p] for p in found.fresh]
-            await asyncio.to_thread(self.cache.remember, found.fresh, fresh, doc_tokens)
+            self.cache.remember_later(found.fresh, [found.by_pair[p] for p in found.fresh], doc_tokens)
         scored = [found.by_pair[p] for p in pairs]
         return Scoring(scored, found.tokens, found.model_tokens)
 
@@ -183,7 +183,7 @@ class Engine:
     ) -> _Found:
         by_pair: dict[Pair, Scored] = {}
         if self.cache is not None:
-            known = await asyncio.to_thread(self.cache.lookup, unique, doc_tokens)
+            known = await self.cache.lookup_async(unique, doc_tokens)
             by_pair = {p: hit for p, hit in zip(unique, known, strict=True) if hit is not None}
         missing = [p for p in unique if p not in by_pair] if by_pair else unique
         hits = [p for p in unique if p in by_pair] if usage else []
