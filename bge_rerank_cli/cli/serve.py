@@ -232,7 +232,11 @@ def serve(
         say(
             f"[dim]bge-rerank serve: {config.model} on http://{host}:{port} (loading; GET /ready says when it is up)[/]"
         )
-        server.run(sockets=[listening])
+        server.run(sockets=[listening])  # re-raises the signal that stopped it: exit 143 or 130 by it
+        if server.signalled is not None and not fatal:
+            # Still here: the signal did not end the process, as for PID 1 in a container (the kernel keeps
+            # a namespace's init from its own default-action signals). Exit with the status it would give.
+            raise typer.Exit(128 + server.signalled)
         if fatal:
             failure = fatal[0]
             if isinstance(failure, BgeRerankError):

@@ -173,6 +173,7 @@ class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
         super().__init__(config)
         self.drain = drain
+        self.signalled: int | None = None  # the first SIGTERM/SIGINT received
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -180,6 +181,8 @@ class Server(uvicorn.Server):
         await super().startup(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.signalled is None:
+            self.signalled = sig
         if not self.drain.begun and self._loop is not None:
             self.drain.begun = True
             self._loop.call_soon_threadsafe(self._loop.call_later, self.drain.seconds, self._expire)
