@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 TRUTHY = {"1", "true", "yes", "on"}
+MIB = 1 << 20
+WHOLE_FILE_LIMIT = 8 * MIB  # files up to this size (and every JSON file) are hashed whole
+SKIPPED_SUFFIXES = (".md",)  # a model card's edits change no score
 
 
 def env_flag(name: str) -> bool:
@@ -125,3 +129,37 @@ def download_command(model: str, revision: str | None = None, cache: str | None 
     if cache:
         cmd += f" --cache-dir {cache}"
     return cmd
+
+
+def files_fingerprint(model: str, revision: str | None = None, explicit_cache: str | None = None) -> str | None:
+    """The model's files as one digest, or ``None`` when they are not on disk (a Hub model not downloaded
+    yet). A local folder and a Hub model's cached snapshot are fingerprinted alike, by content only."""
+    folder = model_folder(model, revision, explicit_cache)
+    return None if folder is None else folder_fingerprint(folder)
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """``sha256:`` of the folder's top-level files by name and content: JSON files and files up to 8 MiB
+    hashed whole; larger ones (weights) by their size and their first and last MiB, so a 2 GB model costs
+    a few MiB of reading. Names, not paths or times: a byte-identical copy elsewhere fingerprints alike.
+    Hidden files and Markdown (a model card) are left out."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if path.name.startswith(".") or path.suffix in SKIPPED_SUFFIXES or not path.is_file():
+            continue
+        digest.update(f"{path.name}\0{path.stat().st_size}\0{_file_digest(path)}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        if size <= WHOLE_FILE_LIMIT or path.suffix == ".json":
+            for block in iter(lambda: handle.read(MIB), b""):
+                digest.update(block)
+        else:
+            digest.update(handle.read(MIB))
+            handle.seek(size - MIB)
+            digest.update(handle.read(MIB))
+    return digest.hexdigest()

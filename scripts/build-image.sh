@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Build the bge-rerank serve image (Containerfile) with Podman or Docker, whichever works here.
 #
-#   scripts/build-image.sh [--model ID|DIR] [--backend onnx [--quantize int8]]
+#   scripts/build-image.sh [--model ID|DIR] [--backend onnx [--quantize int8]] [--slim]
 #                          [--base IMAGE|debootstrap] [--tag TAG]
 #
 #   --model ID|DIR   bake a model in: a Hub id is downloaded here first (bge-rerank download), a folder is
 #                    copied. Without it the container downloads the default model into /data at first start.
 #   --backend onnx   bake the ONNX export in too (made at build time; --quantize int8 for the int8 one).
+#   --slim           the ONNX export only, on onnxruntime: no torch (needs --model and --backend onnx).
 #   --base IMAGE     the base image (default docker.io/library/python:3.11-slim-bookworm: needs a registry);
 #   --base debootstrap  a minimal Debian made here with debootstrap from this host's Debian mirror, for hosts
 #                    that reach no image registry (needs root and debootstrap).
@@ -18,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODEL="" BACKEND="auto" QUANTIZE="none" BASE="docker.io/library/python:3.11-slim-bookworm" TAG="bge-rerank:latest"
+SLIM="" MODEL="" BACKEND="auto" QUANTIZE="none" BASE="docker.io/library/python:3.11-slim-bookworm" TAG="bge-rerank:latest"
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --model) MODEL="${2:?--model needs an id or a folder}"; shift 2 ;;
@@ -26,7 +27,8 @@ while [ "$#" -gt 0 ]; do
         --quantize) QUANTIZE="${2:?--quantize needs a value}"; shift 2 ;;
         --base) BASE="${2:?--base needs an image or debootstrap}"; shift 2 ;;
         --tag) TAG="${2:?--tag needs a name}"; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --slim) SLIM=1; shift ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -35,6 +37,13 @@ case "$QUANTIZE" in none|int8) ;; *) echo "error: --quantize must be none or int
 if [ "$QUANTIZE" != none ] && [ "$BACKEND" != onnx ]; then
     echo "error: --quantize $QUANTIZE needs --backend onnx" >&2; exit 2
 fi
+
+if [ -n "$SLIM" ] && { [ -z "$MODEL" ] || [ "$BACKEND" != onnx ]; }; then
+    echo "error: --slim needs --model and --backend onnx (it carries the ONNX export, not torch)" >&2; exit 2
+fi
+
+TARGET="${SLIM:+slim}"
+TARGET="${TARGET:-full}"
 
 say() { echo "build-image: $*" >&2; }
 
@@ -72,6 +81,7 @@ rm -f "$CONTEXT"/wheels/bge_rerank_cli-*.whl  # this checkout's wheel, always re
 "$PYTHON" -m pip wheel --quiet --wheel-dir "$CONTEXT/wheels" "${TORCH_SPEC:-torch==2.13.0}" ".[serve,onnx,cache]" \
     "async-timeout>=4.0.3"
 
+cp scripts/image-slim-requirements.txt "$CONTEXT/wheels/slim-requirements.txt"
 WHEELHOUSE="$(cd "$CONTEXT/wheels" && sha256sum -- *.whl | sha256sum | cut -c1-16)"
 
 # --- the base -------------------------------------------------------------------------------------------
@@ -107,7 +117,7 @@ format=()
 if [ "$ENGINE" = podman ]; then
     format=(--format docker)  # OCI images drop HEALTHCHECK
 fi
-"$ENGINE" build "${format[@]}" -f Containerfile -t "$TAG" \
+"$ENGINE" build "${format[@]}" -f Containerfile -t "$TAG" --target "$TARGET" \
     --build-arg "BASE=$BASE" \
     --build-arg "WHEELHOUSE=$WHEELHOUSE" \
     --build-arg "MODEL=$MODEL_ARG" \

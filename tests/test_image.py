@@ -48,8 +48,11 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def image(tiny_xlmr: Path) -> Iterator[tuple[str, str]]:
+VARIANTS = {"full": [], "slim": ["--backend", "onnx", "--slim"]}  # slim: the ONNX export on onnxruntime
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def image(request: pytest.FixtureRequest, tiny_xlmr: Path) -> Iterator[tuple[str, str, str]]:
     engine, why = _engine()
     if engine is None:
         pytest.skip(why)
@@ -57,21 +60,24 @@ def image(tiny_xlmr: Path) -> Iterator[tuple[str, str]]:
         pytest.skip("the debootstrap base needs debootstrap and root (apt-get install debootstrap)")
     if sys.version_info[:2] != (3, 11):
         pytest.skip("the wheelhouse is made with this Python, which must be 3.11 as in the image")
-    tag = f"localhost/bge-rerank-test:{uuid.uuid4().hex[:8]}"
+    variant = str(request.param)
+    tag = f"localhost/bge-rerank-test:{variant}-{uuid.uuid4().hex[:8]}"
     build = subprocess.run(
-        ["bash", "scripts/build-image.sh", "--model", str(tiny_xlmr), "--base", "debootstrap", "--tag", tag],
+        ["bash", "scripts/build-image.sh", "--model", str(tiny_xlmr), "--base", "debootstrap", "--tag", tag,
+         *VARIANTS[variant]],
         cwd=REPO, capture_output=True, text=True, timeout=1800,
         env={**os.environ, "PYTHON": sys.executable, "CONTAINER_ENGINE": engine},
     )  # fmt: skip
     assert build.returncode == 0, (build.stdout + build.stderr)[-4000:]
     try:
-        yield engine, tag
+        yield engine, tag, variant
     finally:
         _run(engine, "rmi", "-f", tag)
 
 
-def test_the_image_serves_the_baked_model_as_the_host_scores_it(image: tuple[str, str], tiny_xlmr: Path):
-    engine, tag = image
+def test_the_image_serves_the_baked_model_as_the_host_scores_it(image: tuple[str, str, str], tiny_xlmr: Path):
+    engine, tag, variant = image
+    backend = "onnx" if variant == "slim" else "torch"
     port, name = _free_port(), f"bge-rerank-test-{uuid.uuid4().hex[:8]}"
     started = _run(engine, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", tag)
     assert started.returncode == 0, started.stderr
@@ -88,15 +94,21 @@ def test_the_image_serves_the_baked_model_as_the_host_scores_it(image: tuple[str
             time.sleep(0.5)
 
         info = httpx.get(url + "/info", timeout=10).json()
-        assert info["model"] == f"/opt/bge-rerank/model/{tiny_xlmr.name}" and info["backend"] == "torch"
+        assert info["model"] == f"/opt/bge-rerank/model/{tiny_xlmr.name}" and info["backend"] == backend
         assert info["score_cache"] == {"where": "/data/scores.sqlite", "working": True}
         client = cohere.ClientV2(base_url=url, api_key="unused")  # the image sets no key: open
         response = client.rerank(model="bge-reranker-v2-m3", query=QUERY, documents=DOCS, top_n=4)
-        reference = batch_scores(tiny_xlmr, DOCS)  # `bge-rerank score` on this host
+        reference = batch_scores(tiny_xlmr, DOCS, "--backend", backend)  # `bge-rerank score` on this host
         assert [r.index for r in response.results] == expected_order(reference)[:4]
         for result in response.results:
             assert result.relevance_score == pytest.approx(reference[result.index]["score"], abs=1e-5)
 
+        if variant == "slim":  # the ONNX path alone: none of the torch stack is installed
+            probe = (
+                "import importlib.util as u; print([m for m in ('torch', 'transformers', "
+                "'sentence_transformers') if u.find_spec(m)])"
+            )
+            assert _run(engine, "exec", name, "python3", "-c", probe).stdout.strip() == "[]"
         user = _run(engine, "exec", name, "id", "-u").stdout.strip()
         assert user not in ("", "0"), user
         assert _run(engine, "inspect", "--format", "{{.Config.User}}", name).stdout.strip() == "10001"

@@ -102,3 +102,31 @@ def test_one_export_folder_per_model_however_its_path_is_written(
     relative = export_dir(LoaderConfig(model=tiny_xlmr.name, backend="onnx"))
     assert relative == export_dir(LoaderConfig(model=str(tiny_xlmr) + "/", backend="onnx"))
     assert relative != export_dir(LoaderConfig(model=str(tiny_xlmr), backend="onnx", quantize="int8"))
+
+
+def test_a_model_saved_again_at_its_path_is_exported_again(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """The export is found by the model's path; a folder saved over with other weights is not scored by
+    the old export: it is exported again (said once), and the export then agrees with torch on the new
+    weights. An export whose model files are gone (a slim image) is used as it is."""
+    import shutil
+
+    from tools.random_model import build_xlmr
+
+    model = tmp_path / "model"
+    build_xlmr(model, seed=3)
+    config = LoaderConfig(model=str(model), backend="onnx")
+    first = [s.logit for s in score_pairs(load_scorer(config), PAIRS)]
+    shutil.rmtree(model)
+    build_xlmr(model, seed=4)  # fine-tuned and saved to the same folder
+    load_scorer.cache_clear()  # a new process
+    with caplog.at_level("WARNING", logger="bge_rerank_cli"):
+        again = [s.logit for s in score_pairs(load_scorer(config), PAIRS)]
+    assert sum("changed since it was exported" in r.getMessage() for r in caplog.records) == 1
+    torch_now = score_pairs(load_scorer(LoaderConfig(model=str(model), device="cpu")), PAIRS)
+    assert again == pytest.approx([s.logit for s in torch_now], abs=1e-4) and again != pytest.approx(first)
+
+    model.rename(tmp_path / "gone")  # only the export is left: it runs, no export is tried
+    load_scorer.cache_clear()
+    caplog.clear()
+    alone = [s.logit for s in score_pairs(load_scorer(config), PAIRS)]
+    assert alone == again and not any("export" in r.getMessage() for r in caplog.records)

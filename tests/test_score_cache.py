@@ -417,3 +417,33 @@ def test_the_api_scores_known_pairs_without_loading_the_model(tiny_xlmr: Path, t
         assert scorer.loaded and scorer.load_seconds > 0
     uncached = Reranker(str(tiny_xlmr), device="cpu").score_pairs([("a new query", "a new passage")])
     assert fresh[0].logit == pytest.approx(uncached[0].logit, abs=1e-5)
+
+
+def test_an_onnx_export_without_its_model_files_is_keyed_by_the_export(
+    tiny_xlmr: Path, tmp_path: Path, monkeypatch
+):
+    """The slim image runs an ONNX export whose model folder is not there: its entries are keyed by the
+    export's files, so another model exported at the same path never meets them."""
+    monkeypatch.setenv("BGE_RERANK_CACHE", str(tmp_path / "own"))
+    from bge_rerank_cli.backends import load_scorer
+    from tools.random_model import build_xlmr
+
+    cache, model, away = tmp_path / "c.sqlite", tmp_path / "m", tmp_path / "away"
+
+    def exported_then_gone(build) -> None:  # type: ignore[no-untyped-def]
+        load_scorer.cache_clear()  # as a new process would: this one keeps what it loaded per setting
+        shutil.rmtree(model, ignore_errors=True)
+        shutil.rmtree(away, ignore_errors=True)
+        build(model)
+        Reranker(str(model), device="cpu", backend="onnx").score_pairs(PAIRS[:1])  # the export
+        model.rename(away)
+
+    exported_then_gone(lambda path: shutil.copytree(tiny_xlmr, path))
+    first, (hits, misses) = _score(model, cache, backend="onnx")
+    assert (hits, misses) == (0, len(PAIRS))
+    again, (hits, _) = _score(model, cache, backend="onnx")
+    assert hits == len(PAIRS) and again == first
+    exported_then_gone(lambda path: build_xlmr(path, seed=1))  # other weights, the same path
+    load_scorer.cache_clear()
+    other, (hits, misses) = _score(model, cache, backend="onnx")
+    assert (hits, misses) == (0, len(PAIRS)) and other != first

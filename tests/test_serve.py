@@ -108,9 +108,9 @@ def server(tiny_xlmr: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     stop(running)
 
 
-def batch_scores(model: Path, docs: list[str]) -> list[dict]:
-    """`bge-rerank score` on the same pairs, the reference for every dialect."""
-    args = ["score", "-m", str(model), "-f", "jsonl", "--quiet", "-q", QUERY]
+def batch_scores(model: Path, docs: list[str], *more: str) -> list[dict]:
+    """`bge-rerank score` on the same pairs, the reference for every dialect (``more``: its options)."""
+    args = ["score", "-m", str(model), "-f", "jsonl", "--quiet", "-q", QUERY, *more]
     for doc in docs:
         args += ["-p", doc]
     result = run_cli(args)

@@ -347,8 +347,8 @@ def test_an_answer_never_waits_for_the_store_and_a_later_lookup_finds_what_it_re
 
 
 def test_a_cache_file_locked_by_another_process_costs_the_service_2s_once(tiny_xlmr: Path, tmp_path: Path):
-    """Another writer holding the SQLite file locked: the service's next call to it (here the write after
-    the first answer) gives up after its 2 s busy timeout (a batch job waits 30 s), requests are answered
+    """Another writer holding the SQLite file locked: the service's next call that writes (a lookup counts
+    its hits and misses) gives up after its 2 s busy timeout (a batch job waits 30 s), requests are answered
     uncached, and once the lock is gone the store is tried again (--score-cache-retry) and used."""
     import sqlite3
 
@@ -356,7 +356,11 @@ def test_a_cache_file_locked_by_another_process_costs_the_service_2s_once(tiny_x
     server = start(tiny_xlmr, tmp_path, "--score-cache", str(store), "--score-cache-retry", "1")
     locker = sqlite3.connect(store, isolation_level=None)
     try:
-        first = answer(server, "/v2/rerank", {"query": QUERY, "documents": DOCS})  # remembered
+        first = answer(server, "/v2/rerank", {"query": QUERY, "documents": DOCS})
+        deadline = time.monotonic() + 30
+        while locker.execute("SELECT COUNT(*) FROM scores").fetchone()[0] < DISTINCT:  # written after it
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         locker.execute("BEGIN EXCLUSIVE")  # another process's long write
         started = time.monotonic()
         body = {"query": "another query", "documents": DOCS}

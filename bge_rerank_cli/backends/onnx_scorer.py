@@ -65,6 +65,7 @@ class OnnxScorer(TokenizedScorer):
             import onnxruntime as ort
         except ImportError:
             raise UsageError(f"{option('backend', 'onnx')} needs onnxruntime: {INSTALL_HINT}") from None
+        self.export_folder = folder  # what it runs: the model's identity where its own files are absent
         meta = orjson.loads((folder / "meta.json").read_bytes())
         self.left_padding = meta.get("template", "cross-encoder") != "cross-encoder"
         if self.left_padding:  # a decoder reranker, exported with its LM head folded (see .decoder)
@@ -128,7 +129,26 @@ def load(config: LoaderConfig) -> OnnxScorer:
     folder = export_dir(config)
     if not (folder / "meta.json").is_file():
         export(config, folder)
+    elif _stale(config, folder):
+        log.warning("%s changed since it was exported to ONNX; exporting it again.", config.model)
+        export(config, folder)
     return OnnxScorer(config, folder)
+
+
+def _stale(config: LoaderConfig, folder: Path) -> bool:
+    """Whether the model's files (when they are on disk) are not the ones the export was made from: the
+    export is keyed by the model's path or id, and a folder saved over again keeps its path. Without
+    them (an image that carries the export alone) the export is what runs."""
+    from ..hub import files_fingerprint
+
+    now = files_fingerprint(config.model, config.revision, config.cache_dir)
+    if now is None:
+        return False
+    try:
+        source = orjson.loads((folder / "meta.json").read_bytes()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return True
+    return bool(source != now)
 
 
 def export(config: LoaderConfig, folder: Path) -> None:
@@ -137,6 +157,7 @@ def export(config: LoaderConfig, folder: Path) -> None:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise UsageError(f"{option('backend', 'onnx')} needs onnx and onnxruntime: {INSTALL_HINT}") from None
+    from ..hub import files_fingerprint
     from ..memory import precheck_export
 
     precheck_export(config.model, config.revision, config.cache_dir)  # refuse now, not OOM-killed later
@@ -198,6 +219,7 @@ def export(config: LoaderConfig, folder: Path) -> None:
         "version": FORMAT_VERSION,
         "template": template,
         "bos_id": facts.get("bos_id"),
+        "source": files_fingerprint(config.model, config.revision, config.cache_dir),  # see _stale
     }
     (tmp / "meta.json").write_bytes(orjson.dumps(meta))
     if folder.exists():

@@ -13,7 +13,7 @@ from __future__ import annotations
 from .checkpoint import Checkpoint, ResumePoint
 from .intake import ErrorLog, Intake, OnError
 from .runner import Job, Output, OutputFormat, Report, run
-from .settings import Setting, folder_fingerprint
+from .settings import Setting
 from .signals import StopSwitch
 from .sources import BeirSource, ItemsSource, JsonlSource, Source, TrecSource, beir_paths, read_all
 from .tasks import RerankTask, ScoreTask, Task
@@ -39,7 +39,6 @@ __all__ = [
     "Task",
     "TrecSource",
     "beir_paths",
-    "folder_fingerprint",
     "read_all",
     "run",
 ]

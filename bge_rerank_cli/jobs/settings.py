@@ -42,9 +42,6 @@ if TYPE_CHECKING:
     from .sources import Source
     from .tasks import Task
 
-MIB = 1 << 20
-WHOLE_FILE_LIMIT = 8 * MIB  # files up to this size (and every JSON file) are hashed whole
-SKIPPED_SUFFIXES = (".md",)  # a model card's edits change no record
 
 
 @dataclass(frozen=True)
@@ -152,8 +149,14 @@ def after_load(scorer: Scorer, requested: LoaderConfig | None = None) -> Setting
         if config.query_max_length is not None
         else f"the default for max length {config.max_length}"
     )
+    fingerprint = model_fingerprint(config)
+    export = getattr(scorer, "export_folder", None)
+    if fingerprint is None and export is not None:  # an ONNX export without its model's files (slim image)
+        from ..hub import folder_fingerprint
+
+        fingerprint = "onnx-export:" + folder_fingerprint(Path(export))
     return {
-        "model": Setting(model_fingerprint(config) or model_name(config), model_name(config)),
+        "model": Setting(fingerprint or model_name(config), model_name(config)),
         "backend": _asked(described.get("backend", config.backend), (requested or config).backend),
         "quantize": _plain(config.quantize),
         "dtype": _asked(scorer.dtype, config.dtype),
@@ -274,39 +277,11 @@ def model_name(config: LoaderConfig) -> str:
 
 
 def model_fingerprint(config: LoaderConfig) -> str | None:
-    """The model's files as one digest, or ``None`` when they are not on disk (a Hub model not downloaded
-    yet). A local folder and a Hub model's cached snapshot are fingerprinted alike, by content only."""
-    from ..hub import model_folder
+    """The model's files as one digest (:func:`~bge_rerank_cli.hub.files_fingerprint`), or ``None`` when
+    they are not on disk (a Hub model not downloaded yet)."""
+    from ..hub import files_fingerprint
 
-    folder = model_folder(config.model, config.revision, config.cache_dir)
-    return None if folder is None else folder_fingerprint(folder)
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """``sha256:`` of the folder's top-level files by name and content: JSON files and files up to 8 MiB
-    hashed whole; larger ones (weights) by their size and their first and last MiB, so a 2 GB model costs
-    a few MiB of reading. Names, not paths or times: a byte-identical copy elsewhere fingerprints alike.
-    Hidden files and Markdown (a model card) are left out."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.iterdir(), key=lambda p: p.name):
-        if path.name.startswith(".") or path.suffix in SKIPPED_SUFFIXES or not path.is_file():
-            continue
-        digest.update(f"{path.name}\0{path.stat().st_size}\0{_file_digest(path)}\n".encode())
-    return "sha256:" + digest.hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        if size <= WHOLE_FILE_LIMIT or path.suffix == ".json":
-            for block in iter(lambda: handle.read(MIB), b""):
-                digest.update(block)
-        else:
-            digest.update(handle.read(MIB))
-            handle.seek(size - MIB)
-            digest.update(handle.read(MIB))
-    return digest.hexdigest()
+    return files_fingerprint(config.model, config.revision, config.cache_dir)
 
 
 def differences(
