@@ -131,7 +131,9 @@ def download_command(model: str, revision: str | None = None, cache: str | None 
     return cmd
 
 
-def files_fingerprint(model: str, revision: str | None = None, explicit_cache: str | None = None) -> str | None:
+def files_fingerprint(
+    model: str, revision: str | None = None, explicit_cache: str | None = None
+) -> str | None:
     """The model's files as one digest, or ``None`` when they are not on disk (a Hub model not downloaded
     yet). A local folder and a Hub model's cached snapshot are fingerprinted alike, by content only."""
     folder = model_folder(model, revision, explicit_cache)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -223,8 +223,14 @@ class RedisStore:
             script = self._scripts.get(name)
             if script is None:
                 script = self._scripts[name] = self._client.register_script(_SOURCES[name])
-        try:
+        with self._call():
             return script(args=[PREFIX, *args])
+
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
+        """Calls to the server: its errors (gone, refusing) become a :class:`ScoreCacheError`."""
+        try:
+            yield
         except self._errors as exc:
             raise self._failed(exc) from exc
 
@@ -262,13 +268,10 @@ class RedisStore:
     def count(self, model: str, hits: int, misses: int) -> None:
         if not hits and not misses:
             return
-        try:
-            with self._client.pipeline(transaction=False) as pipe:
-                pipe.hincrby(PREFIX + "hits", model, hits)
-                pipe.hincrby(PREFIX + "misses", model, misses)
-                pipe.execute()
-        except self._errors as exc:
-            raise self._failed(exc) from exc
+        with self._call(), self._client.pipeline(transaction=False) as pipe:
+            pipe.hincrby(PREFIX + "hits", model, hits)
+            pipe.hincrby(PREFIX + "misses", model, misses)
+            pipe.execute()
 
     def stats(self) -> StoreStats:
         held, hits, misses = (_counts(flat) for flat in self._run("stats", []))
@@ -282,38 +285,29 @@ class RedisStore:
     def clear(self, model: str | None = None) -> int:
         if model is not None:
             return self._clear_model(model)
-        try:
+        with self._call():
             names = [_text(n) for n in self._client.hkeys(PREFIX + "models")]
-        except self._errors as exc:
-            raise self._failed(exc) from exc
         removed = sum(self._clear_model(name) for name in names)
         self._sweep()
         return removed
 
     def get_load(self, key: str) -> bytes | None:
-        try:
+        with self._call():
             value = self._client.hget(PREFIX + "loads", key)
-        except self._errors as exc:
-            raise self._failed(exc) from exc
         return None if value is None else bytes(value)
 
     def put_load(self, key: str, value: bytes, model: str) -> None:
-        try:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.hset(PREFIX + "loads", key, value)
-                pipe.hset(PREFIX + "load-models", key, model)
-                pipe.execute()
-        except self._errors as exc:
-            raise self._failed(exc) from exc
+        with self._call(), self._client.pipeline(transaction=True) as pipe:
+            pipe.hset(PREFIX + "loads", key, value)
+            pipe.hset(PREFIX + "load-models", key, model)
+            pipe.execute()
 
     def _clear_model(self, model: str) -> int:
-        try:  # the model's load records (a few keys): gone with its entries
+        with self._call():  # the model's load records (a few keys): gone with its entries
             keys = [k for k, m in self._client.hgetall(PREFIX + "load-models").items() if _text(m) == model]
             if keys:
                 self._client.hdel(PREFIX + "loads", *keys)
                 self._client.hdel(PREFIX + "load-models", *keys)
-        except self._errors as exc:
-            raise self._failed(exc) from exc
         removed = 0
         while True:
             gone, left = self._run("clear", [model, CHUNK])
@@ -325,7 +319,7 @@ class RedisStore:
         """After clearing every model: whatever else is under the prefix (strays of a model cleared while
         another process wrote, lookup counts), but ``next-id``, so that no id is ever handed out twice."""
         keep = (PREFIX + "next-id").encode()
-        try:
+        with self._call():
             batch: list[bytes] = []
             for key in self._client.scan_iter(match=PREFIX + "*", count=CHUNK):
                 if key != keep:
@@ -335,8 +329,6 @@ class RedisStore:
                     batch.clear()
             if batch:
                 self._client.delete(*batch)
-        except self._errors as exc:
-            raise self._failed(exc) from exc
 
     def close(self) -> None:
         with contextlib.suppress(*self._errors):  # a server gone: nothing to flush

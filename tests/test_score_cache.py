@@ -38,6 +38,20 @@ def _flags(pairs) -> list[str]:
     return [flag for pair in pairs for flag in pair]
 
 
+def _score_args(model: Path, cache: Path) -> list[str]:
+    """`bge-rerank score` of the sample pairs through ``cache``, as JSONL."""
+    return [
+        "score",
+        str(SAMPLES / "pairs.jsonl"),
+        "-m",
+        str(model),
+        "-f",
+        "jsonl",
+        "--score-cache",
+        str(cache),
+    ]
+
+
 def _score(model: Path, cache: Path, **options) -> tuple[list, tuple[int, int]]:
     reranker = Reranker(str(model), device="cpu", score_cache=str(cache), **options)
     scored = reranker.score_pairs(PAIRS)
@@ -259,18 +273,7 @@ def test_the_score_cache_command_reports_and_clears(tiny_xlmr: Path, tmp_path: P
     missing = run_cli(["score-cache", "stats", "--score-cache", str(cache), "-f", "json"])
     assert missing.returncode == 0 and orjson.loads(missing.stdout)["entries"] == 0 and not cache.exists()
     for _ in range(2):
-        run_cli(
-            [
-                "score",
-                str(SAMPLES / "pairs.jsonl"),
-                "-m",
-                str(tiny_xlmr),
-                "-f",
-                "jsonl",
-                "--score-cache",
-                str(cache),
-            ]
-        )
+        run_cli(_score_args(tiny_xlmr, cache))
     report = orjson.loads(run_cli(["score-cache", "stats", "--score-cache", str(cache), "-f", "json"]).stdout)
     model = report["models"][str(tiny_xlmr)]
     assert report["entries"] == model["entries"] == 10 and (model["hits"], model["misses"]) == (10, 10)
@@ -365,16 +368,7 @@ def test_a_load_record_that_does_not_match_the_model_is_refused_and_replaced(tin
     never scored under: the job stops with a clear error before writing a record keyed by it, the record is
     replaced, and the next run is right. An unreadable record is no record: the model is loaded."""
     cache = tmp_path / "c.sqlite"
-    base = [
-        "score",
-        str(SAMPLES / "pairs.jsonl"),
-        "-m",
-        str(tiny_xlmr),
-        "-f",
-        "jsonl",
-        "--score-cache",
-        str(cache),
-    ]
+    base = _score_args(tiny_xlmr, cache)
     cold = run_cli(base)
     assert cold.returncode == 0, cold.stderr.decode()
     db = sqlite3.connect(cache)

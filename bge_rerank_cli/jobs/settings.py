@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from .tasks import Task
 
 
-
 @dataclass(frozen=True)
 class Setting:
     """One recorded setting: ``value`` is compared; ``shown`` is how a refusal names it (it may hold
