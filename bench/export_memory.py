@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,24 +24,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 GIB = 2**30
-
-
-def run_peak(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, int, float, str, str]:
-    """Run ``cmd`` to its end: (exit status, its peak RSS in bytes, seconds, its stdout, its stderr's
-    tail). Output goes to files, not pipes, so a chatty child cannot block before wait4 reaps it."""
-    from bge_rerank_cli.memory import peak_rss_bytes
-
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout = out.read().decode(errors="replace")
-        tail = err.read().decode(errors="replace")[-2000:]
-    return proc.returncode, peak_rss_bytes(usage.ru_maxrss), seconds, stdout, tail
 
 
 def export_once(model: str, quantize: str) -> None:
@@ -57,7 +37,7 @@ def export_once(model: str, quantize: str) -> None:
 
 def measure(model: Path, quantize: str) -> dict[str, object]:
     """One export in a fresh process into an empty cache: its peak RSS against the weights' size."""
-    from bge_rerank_cli.memory import EXPORT_FACTOR, weight_bytes
+    from bge_rerank_cli.memory import EXPORT_FACTOR, run_peak, weight_bytes
 
     weights = weight_bytes(model) or 0
     with tempfile.TemporaryDirectory(prefix="bge-rerank-export-") as cache:

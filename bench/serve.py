@@ -429,7 +429,7 @@ def spread(runs: list[dict]) -> float | None:
 
 
 def machine() -> str:
-    from bge_rerank_cli.doctor.snapshot import collect_cpu
+    from bge_rerank_cli.cpuinfo import collect_cpu
 
     cpu = collect_cpu()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

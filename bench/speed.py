@@ -397,9 +397,7 @@ def measure_ceilings(model: Path, engines: Sequence[str], args: argparse.Namespa
 def prepare_export(model: Path, quantize: str, max_length: int, env: dict[str, str]) -> dict[str, Any]:
     """Export (and quantise) once, in a process of its own: how much memory that took, against the
     weights, or ``cached`` when an earlier run's export is reused."""
-    from export_memory import run_peak
-
-    from bge_rerank_cli.memory import weight_bytes
+    from bge_rerank_cli.memory import run_peak, weight_bytes
 
     cmd = [sys.executable, __file__, "--worker", "prepare", "--model", str(model), "--pairs-file", quantize]
     code, peak, seconds, out, tail = run_peak([*cmd, "--max-length", str(max_length)], env)
@@ -413,7 +411,7 @@ def prepare_export(model: Path, quantize: str, max_length: int, env: dict[str, s
 def machine(device: str = "cpu") -> str:
     import torch
 
-    from bge_rerank_cli.doctor.snapshot import collect_cpu
+    from bge_rerank_cli.cpuinfo import collect_cpu
 
     cpu = collect_cpu().name or "CPU"
 

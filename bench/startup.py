@@ -74,7 +74,7 @@ def main() -> int:
         for name, cmd in commands.items():
             times[name].append(timed(cmd, env))
     median = {name: statistics.median(values) for name, values in times.items()}
-    from bge_rerank_cli.doctor.snapshot import collect_cpu
+    from bge_rerank_cli.cpuinfo import collect_cpu
 
     cpu = collect_cpu()
     print(

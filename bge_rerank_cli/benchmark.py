@@ -126,7 +126,7 @@ def default_setups(device: str) -> list[str]:
 
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); emulated bf16 is slower."""
-    from .doctor.snapshot import collect_cpu
+    from .cpuinfo import collect_cpu
 
     return bool({"BF16", "AMX"} & set(collect_cpu().flags))
 
@@ -140,7 +140,7 @@ def demo_requests() -> list[Request]:
 
 def machine() -> str:
     from .config import cpu_threads
-    from .doctor.snapshot import collect_cpu
+    from .cpuinfo import collect_cpu
 
     cpu = collect_cpu().name or platform.machine()
     return f"{cpu}, {cpu_threads()} CPU threads, Python {platform.python_version()}"

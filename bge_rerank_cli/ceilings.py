@@ -222,7 +222,7 @@ def ceiling_lines(before: Sequence[Ceiling], after: Sequence[Ceiling], what: str
 
 def isa_flags() -> dict[str, bool]:
     """Which of the ISA extensions that GEMM speed hangs on this CPU has (doctor's reading of /proc/cpuinfo)."""
-    from .doctor.snapshot import CPU_FLAGS, collect_cpu
+    from .cpuinfo import CPU_FLAGS, collect_cpu
 
     have = set(collect_cpu().flags)
     return {name: name in have for name in CPU_FLAGS}

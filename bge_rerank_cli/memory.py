@@ -139,3 +139,25 @@ def peak_rss_bytes(maxrss: int) -> int:
     import sys
 
     return maxrss if sys.platform == "darwin" else maxrss * 1024
+
+
+def run_peak(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, int, float, str, str]:
+    """Run ``cmd`` to its end: (exit status, its peak RSS in bytes, seconds, its stdout, its stderr's
+    tail). Output goes to files, not pipes, so a chatty child cannot block before wait4 reaps it. (For
+    the benchmarks under bench/, which measure whole processes; POSIX only.)"""
+    import os
+    import subprocess
+    import tempfile
+    import time
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        tail = err.read().decode(errors="replace")[-2000:]
+    return proc.returncode, peak_rss_bytes(usage.ru_maxrss), seconds, stdout, tail

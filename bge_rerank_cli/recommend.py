@@ -60,7 +60,7 @@ class Recommendation:
 def cpu_signature() -> str:
     """This CPU as the recommendation's key: its name, the ISA flags that change kernels, and threads."""
     from .config import cpu_threads
-    from .doctor.snapshot import collect_cpu
+    from .cpuinfo import collect_cpu
 
     cpu = collect_cpu()
     return f"{cpu.name or 'cpu'} | {' '.join(cpu.flags) or '-'} | {cpu_threads()} threads"

@@ -11,11 +11,11 @@ import orjson
 import pytest
 
 from bge_rerank_cli.config import LoaderConfig
+from bge_rerank_cli.cpuinfo import CpuInfo
 from bge_rerank_cli.doctor import CheckResult, run_checks
 from bge_rerank_cli.doctor import checks as C
 from bge_rerank_cli.doctor.snapshot import (
     CacheInfo,
-    CpuInfo,
     GpuInfo,
     ModelCheck,
     ModelFiles,

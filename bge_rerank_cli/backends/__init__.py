@@ -30,8 +30,22 @@ def load_scorer(config: LoaderConfig) -> Scorer:
 
         scorer: Scorer = onnx_scorer.load(config)
     else:
-        from . import torch_scorer
-
-        scorer = torch_scorer.load(config)
+        scorer = _load_torch(config)
     scorer.load_seconds = time.perf_counter() - started
     return scorer
+
+
+def _load_torch(config: LoaderConfig) -> Scorer:
+    """The model on torch, wrapped by its kind: a sequence classifier in a ``TorchScorer``, a decoder
+    reranker (a template found for it) in a ``DecoderScorer``."""
+    from . import torch_scorer
+    from .hf import load_cross_encoder, template_of
+
+    device, dtype = torch_scorer.prepare(config)
+    ce = load_cross_encoder(config, device, dtype)
+    template = template_of(config, ce)
+    if template != "cross-encoder":
+        from . import decoder
+
+        return decoder.load(config, ce, device, dtype, template)
+    return torch_scorer.TorchScorer(config, ce, device, dtype)

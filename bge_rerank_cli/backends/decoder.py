@@ -23,7 +23,7 @@ from ..config import LoaderConfig
 from .base import Encoded
 from .hf import decoder_facts, load_cross_encoder
 from .prompts import TEMPLATES, answer_ids
-from .tokenization import TokenizedScorer
+from .tokenized import TokenizedScorer
 
 # Prefix key/value states kept for reuse across batches (a query's passages may span several batches).
 PREFIX_CACHE_BYTES = 256 * 2**20

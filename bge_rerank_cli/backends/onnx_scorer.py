@@ -28,7 +28,7 @@ from ..config import LoaderConfig, cpu_threads
 from ..errors import ModelError, UsageError, option
 from .base import Encoded
 from .hf import decoder_facts, load_cross_encoder, template_of, tokenizer_facts
-from .tokenization import TokenizedScorer
+from .tokenized import TokenizedScorer
 
 log = logging.getLogger("bge_rerank_cli")
 INSTALL_HINT = "pip install 'bge-rerank-cli[onnx]'"

@@ -9,16 +9,16 @@ from typing import Any
 
 from ..config import LoaderConfig, cpu_threads
 from ..errors import ModelError, option
-from .base import BatchTooLarge, Encoded, Scorer
-from .hf import load_cross_encoder, template_of, tokenizer_facts
-from .tokenization import TokenizedScorer
+from .base import BatchTooLarge, Encoded
+from .hf import load_cross_encoder, tokenizer_facts
+from .tokenized import TokenizedScorer
 
 log = logging.getLogger("bge_rerank_cli")
 
 
-def load(config: LoaderConfig) -> Scorer:
-    """Resolve device and dtype, set CPU threads, load the model and wrap it in a scorer (a decoder
-    reranker's in :class:`~.decoder.DecoderScorer`)."""
+def prepare(config: LoaderConfig) -> tuple[str, str]:
+    """The device and dtype ``config`` runs with here, CPU threads set: what loading a torch model needs
+    first (see :func:`bge_rerank_cli.backends.load_scorer`)."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     if device == "cpu":
@@ -27,13 +27,7 @@ def load(config: LoaderConfig) -> Scorer:
         threads = cpu_threads()
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-    ce = load_cross_encoder(config, device, dtype)
-    template = template_of(config, ce)
-    if template != "cross-encoder":
-        from . import decoder
-
-        return decoder.load(config, ce, device, dtype, template)
-    return TorchScorer(config, ce, device, dtype)
+    return device, dtype
 
 
 def resolve_device(requested: str) -> str:
@@ -76,7 +70,7 @@ def resolve_dtype(requested: str, device: str) -> str:
     if requested == "auto":
         return "fp16" if device.startswith("cuda") else "fp32"
     if requested == "fp16" and device == "cpu":
-        from ..doctor.snapshot import collect_cpu
+        from ..cpuinfo import collect_cpu
 
         flags = collect_cpu().flags
         advice = (

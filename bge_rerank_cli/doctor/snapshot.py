@@ -11,7 +11,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LoaderConfig
+from ..cpuinfo import CpuInfo, collect_cpu
 from ..hub import Reachability, hub_offline, probe_hub
 from ..memory import available_bytes
 
@@ -80,13 +80,6 @@ ENV_VARS = (
     "BGE_RERANK_MODEL",
     "RAY_ADDRESS",
 )
-CPU_FLAGS = {
-    "AVX2": ("avx2",),
-    "AVX-512": ("avx512f",),
-    "VNNI": ("avx512_vnni", "avx_vnni"),
-    "BF16": ("avx512_bf16",),
-    "AMX": ("amx_bf16", "amx_tile"),
-}
 # bge-reranker-v2-m3: XLM-RoBERTa-large shape, fp32 weights on the Hub.
 KNOWN_SHAPES = {
     "BAAI/bge-reranker-v2-m3": {"params": 567_755_777, "hidden": 1024, "layers": 24, "heads": 16},
@@ -129,14 +122,6 @@ class TorchInfo:
     threads: int = 0
     cpu_capability: str = ""  # the kernels torch dispatches to: DEFAULT, AVX2, AVX512, ...
     cpu_bf16: bool = False  # oneDNN reports hardware bf16 support
-
-
-@dataclass(frozen=True)
-class CpuInfo:
-    name: str = ""
-    cores: int = 0
-    usable_cores: int = 0
-    flags: tuple[str, ...] = ()  # our names: AVX2, AVX-512, VNNI, BF16, AMX
 
 
 @dataclass(frozen=True)
@@ -460,27 +445,6 @@ def _safe(read: Any, default: Any) -> Any:
         return read()
     except Exception:
         return default
-
-
-def collect_cpu() -> CpuInfo:
-    cores = os.cpu_count() or 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    name, raw_flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not name:
-                name = value.strip()
-            if key.strip() == "flags":
-                raw_flags = set(value.split())
-                if name:
-                    break
-    except OSError:
-        pass
-    if sys.platform == "darwin" and platform.machine() == "arm64":
-        name = name or "Apple silicon"
-    flags = tuple(ours for ours, theirs in CPU_FLAGS.items() if raw_flags & set(theirs))
-    return CpuInfo(name, cores, usable, flags)
 
 
 def nvidia_driver() -> str | None:
