@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import string
 from pathlib import Path
+from typing import Any
 
 # Characters and word pieces every build contains, so the vocabulary is the same on every run.
 _CJK = (
@@ -114,12 +115,10 @@ def build_bge_m3_architecture(path: str | Path, *, seed: int = 0) -> Path:
     )
 
 
-def build_bert(path: str | Path, *, seed: int = 0, initializer_range: float = 0.5) -> Path:
-    """A random BERT sequence classifier (the ms-marco MiniLM rerankers' family), WordPiece tokenizer."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+def wordpiece_tokenizer(*, type_ids: bool = True) -> Any:
+    """A deterministic WordPiece tokenizer (BERT's kind): the shared words, characters and suffixes."""
+    from transformers import BertTokenizer
 
-    out = Path(path)
     pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS]
     chars = string.ascii_lowercase + string.digits + string.punctuation + _CJK
     pieces += [c for c in chars if c not in pieces] + [
@@ -128,20 +127,53 @@ def build_bert(path: str | Path, *, seed: int = 0, initializer_range: float = 0.
     vocab = {piece: i for i, piece in enumerate(dict.fromkeys(pieces))}
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
     tokenizer.model_max_length = 512
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=1,
-        initializer_range=initializer_range,
-        architectures=["BertForSequenceClassification"],
-        bge_rerank_random_weights=True,
-    )
+    if not type_ids:
+        tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    return tokenizer
+
+
+def build_bert(path: str | Path, *, seed: int = 0, initializer_range: float = 0.5) -> Path:
+    """A random BERT sequence classifier (the ms-marco MiniLM rerankers' family), WordPiece tokenizer."""
+    return build_encoder(path, "bert", seed=seed, initializer_range=initializer_range)
+
+
+ENCODERS = ("bert", "electra", "deberta-v2", "modernbert")
+
+
+def build_encoder(path: str | Path, family: str, *, seed: int = 0, initializer_range: float = 0.5) -> Path:
+    """A random sequence classifier (one label) of an encoder family rerankers are built on, at a tiny
+    size, with a local WordPiece tokenizer: ``bert`` (ms-marco-MiniLM-L6-v2), ``electra``
+    (ms-marco-electra-base), ``deberta-v2`` in DeBERTa-v3's form, relative attention and no absolute
+    positions (mxbai-rerank-base-v1), ``modernbert`` (gte-reranker-modernbert-base; no token types)."""
+    import torch
+    import transformers as tf
+
+    out = Path(path)
+    tokenizer = wordpiece_tokenizer(type_ids=family != "modernbert")
+    size = {"vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 64, "max_position_embeddings": 512, "num_labels": 1,
+            "initializer_range": initializer_range, "pad_token_id": tokenizer.pad_token_id,
+            "bge_rerank_random_weights": True}  # fmt: skip
+    if family == "bert":
+        config, model_class = tf.BertConfig(**size), tf.BertForSequenceClassification
+    elif family == "electra":
+        config, model_class = tf.ElectraConfig(embedding_size=32, **size), tf.ElectraForSequenceClassification
+    elif family == "deberta-v2":
+        config = tf.DebertaV2Config(relative_attention=True, position_buckets=64, max_relative_positions=-1,
+                                    pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0,
+                                    pooler_hidden_size=32, **size)  # fmt: skip
+        model_class = tf.DebertaV2ForSequenceClassification
+    elif family == "modernbert":
+        config = tf.ModernBertConfig(cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+                                     bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                                     global_attn_every_n_layers=2, local_attention=16, classifier_pooling="mean",
+                                     **size)  # fmt: skip
+        model_class = tf.ModernBertForSequenceClassification
+    else:
+        raise ValueError(f"unknown encoder family {family!r}: one of {', '.join(ENCODERS)}")
+    config.architectures = [model_class.__name__]
     torch.manual_seed(seed)
-    model = BertForSequenceClassification(config).eval()
+    model = model_class(config).eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -1,0 +1,88 @@
+"""The encoder families rerankers are built on, each proven against sentence-transformers' CrossEncoder
+(the reference every one of them documents): a tiny random model of the exact architecture, the same pairs,
+`bge-rerank score` on torch (1e-5) and ONNX fp32 (1e-4), the same order. And what is not a reranker is
+refused before anything is scored: an unknown causal LM, a classifier with two labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLES, run_cli
+from tools.random_model import ENCODERS, build_encoder
+
+PAIRS = [json.loads(line) for line in (SAMPLES / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+TOLERANCE = {"torch": 1e-5, "onnx": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("families")
+    return {family: build_encoder(root / family, family) for family in ENCODERS}
+
+
+def _reference(model: Path) -> list[float]:
+    """CrossEncoder.predict's raw logits (no activation), as the model's own card computes scores."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    ce = CrossEncoder(str(model), device="cpu")
+    pairs = [(p["query"], p["passage"]) for p in PAIRS]
+    return [float(v) for v in ce.predict(pairs, activation_fn=torch.nn.Identity(), convert_to_numpy=True)]
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("family", ENCODERS)
+def test_each_encoder_family_scores_as_sentence_transformers_does(
+    family: str, backend: str, models: dict[str, Path], tmp_path: Path
+):
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    model = models[family]
+    reference = _reference(model)
+    assert max(reference) - min(reference) > 0.5  # scores spread: an order to compare
+    result = run_cli(["score", str(SAMPLES / "pairs.jsonl"), "-m", str(model), "-f", "jsonl", "--quiet",
+                      "--backend", backend], env={"BGE_RERANK_CACHE": str(tmp_path / "own")})  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    ours = [json.loads(line)["logit"] for line in result.stdout.splitlines()]
+    assert ours == pytest.approx(reference, abs=TOLERANCE[backend])
+    order = sorted(range(len(ours)), key=lambda i: -ours[i])
+    assert order == sorted(range(len(reference)), key=lambda i: -reference[i])
+
+
+def test_a_causal_lm_without_a_known_prompt_is_refused_before_scoring(tmp_path: Path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tools.random_model import wordpiece_tokenizer
+
+    tokenizer = wordpiece_tokenizer(type_ids=False)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, architectures=["LlamaForCausalLM"])  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    result = run_cli(["score", "-m", str(tmp_path / "llama"), "-q", "q", "-p", "p", "-f", "jsonl"])
+    assert result.returncode == 4 and result.stdout == b"", result.stderr.decode()
+    assert b"causal language model (LlamaForCausalLM) whose reranking prompt bge-rerank does not know" in (
+        result.stderr
+    )
+
+
+def test_a_classifier_with_two_labels_is_refused_before_scoring(tmp_path: Path):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tools.random_model import wordpiece_tokenizer
+
+    tokenizer = wordpiece_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, num_labels=2, architectures=["BertForSequenceClassification"])  # fmt: skip
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "nli")
+    tokenizer.save_pretrained(tmp_path / "nli")
+    result = run_cli(["score", "-m", str(tmp_path / "nli"), "-q", "q", "-p", "p", "-f", "jsonl"])
+    assert result.returncode == 4 and result.stdout == b"", result.stderr.decode()
+    assert b"has 2 output labels; a reranker has exactly one" in result.stderr
