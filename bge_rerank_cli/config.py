@@ -55,12 +55,14 @@ class Quantize(Choice):
 class Template(Choice):
     """How a pair becomes the model's input. ``auto`` reads it from the model's config: a sequence
     classifier is a ``cross-encoder``; a causal LM is a decoder reranker whose prompt the model names
-    (``qwen3-reranker``: Qwen/Qwen3-Reranker-*; ``bge-gemma``: BAAI/bge-reranker-v2-gemma)."""
+    (``qwen3-reranker``: Qwen/Qwen3-Reranker-*; ``bge-gemma``: BAAI/bge-reranker-v2-gemma; ``mxbai-v2``:
+    mixedbread-ai/mxbai-rerank-*-v2)."""
 
     AUTO = "auto"
     CROSS_ENCODER = "cross-encoder"
     QWEN3_RERANKER = "qwen3-reranker"
     BGE_GEMMA = "bge-gemma"
+    MXBAI_V2 = "mxbai-v2"
 
 
 class LongDocs(Choice):

@@ -46,6 +46,13 @@ def tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bge_gemma(tmp_path_factory.mktemp("models") / "tiny-bge-gemma")
 
 
+@pytest.fixture(scope="session")
+def tiny_mxbai(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tools.random_model import build_mxbai_v2
+
+    return build_mxbai_v2(tmp_path_factory.mktemp("models") / "tiny-mxbai-rerank-v2")
+
+
 @pytest.fixture(scope="session", params=["xlmr", "bert"])
 def tiny_model(request: pytest.FixtureRequest) -> Path:
     """Both model families: XLM-RoBERTa (bge-reranker) and BERT (ms-marco MiniLM rerankers)."""

@@ -171,7 +171,13 @@ def _reader_files(folder: Path, model: Path, repeat: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_xlmr: Path, tiny_qwen3: Path, tiny_gemma: Path):
+def world(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_xlmr: Path,
+    tiny_qwen3: Path,
+    tiny_gemma: Path,
+    tiny_mxbai: Path,
+):
     root = tmp_path_factory.mktemp("docs-world")
     cache = _hub_cache(
         root / "hf-cache",
@@ -180,6 +186,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_xlmr: Path, tiny_qwen3:
             "Qwen/Qwen3-Reranker-0.6B": tiny_qwen3,
             "Qwen/Qwen3-Reranker-4B": tiny_qwen3,
             "BAAI/bge-reranker-v2-gemma": tiny_gemma,
+            "mixedbread-ai/mxbai-rerank-base-v2": tiny_mxbai,
         },
     )
     env = {

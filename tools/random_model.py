@@ -286,6 +286,78 @@ def build_qwen3_reranker_architecture(path: str | Path, *, seed: int = 0) -> Pat
     )  # fmt: skip
 
 
+def build_mxbai_v2(
+    path: str | Path,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    ffn: int = 128,
+    vocab_size: int | None = None,
+    initializer_range: float = 0.1,
+    seed: int = 0,
+) -> Path:
+    """A random Qwen2 causal LM with mxbai-rerank-v2's tokenizer layout (Qwen chat special tokens,
+    single-token "0"/"1"), as mixedbread-ai/mxbai-rerank-base-v2 ships: ``Qwen2ForCausalLM``, tied
+    embeddings. Its folder name decides nothing: name it with ``mxbai-rerank`` in it, or pass
+    ``--template mxbai-v2``."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(path)
+    tok = build_bpe_tokenizer(
+        QWEN3_SPECIALS[:3],
+        ["query", "document", "instruction", "Relevance", "search", "relevance", "expert", "Qwen", "system",
+         "user", "assistant", "documents", "queries", "relevant"],
+    )  # fmt: skip
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
+    )
+    tokenizer.model_max_length = 32768
+    config = Qwen2Config(
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        initializer_range=initializer_range,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        architectures=["Qwen2ForCausalLM"],
+        bge_rerank_random_weights=True,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _as_shipped(out, "Qwen2Tokenizer", rope_theta=1000000.0)
+    return out
+
+
+def _as_shipped(folder: Path, tokenizer_class: str, **config: object) -> None:
+    """Write a model's files as the real one ships them, for a reference package that needs transformers
+    4: the tokenizer class in ``tokenizer_config.json`` (transformers 5 saves its generic
+    ``TokenizersBackend``, which 4 cannot load) and top-level ``config`` entries (5 saves ``rope_theta``
+    inside ``rope_parameters`` only, and 4 reads its default there: another model)."""
+    import json
+
+    for name, entries in (
+        ("tokenizer_config.json", {"tokenizer_class": tokenizer_class}),
+        ("config.json", config),
+    ):
+        path = folder / name
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        settings.update(entries)
+        path.write_text(json.dumps(settings, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
 def build_bge_gemma(
     path: str | Path,
     *,

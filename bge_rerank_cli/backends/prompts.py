@@ -9,6 +9,14 @@ position. Each :class:`PromptTemplate` is the model's own reference code, split 
 - ``bge-gemma`` (BAAI/bge-reranker-v2-gemma, FlagEmbedding's ``FlagLLMReranker``): ``<bos>`` +
   ``"A: {query}"`` + ``"\\n"`` + ``"B: {passage}"`` + ``"\\n"`` + the prompt; ``logit = z_Yes``, and
   ``score = sigmoid(logit)`` (FlagEmbedding's ``normalize=True``).
+- ``mxbai-v2`` (mixedbread-ai/mxbai-rerank-base-v2 / -large-v2, the ``mxbai-rerank`` package's
+  ``MxbaiRerankV2``): the Qwen chat prefix + ``"query: {query}"`` (``"instruction: {instruction}\\nquery:
+  {query}"`` with an instruction) + ``"\\n"`` + ``"document: {passage}"`` + ``"\\n"`` + its task prompt +
+  the chat suffix, each piece tokenised apart as the package does; ``logit = z_"1" - z_"0"``, so
+  ``score = sigmoid(logit)`` (the package's raw score is that logit). Its query cap counts the
+  ``"query: "`` part too and cuts token ids, and its ``max_length`` leaves the fixed pieces out: here
+  ``--max-length`` counts them (as for the other templates), and the default query cap is three quarters
+  of what is left, which is the package's ``max_length * 3 // 4``.
 
 Qwen3's reference tokenises the formatted text as one string; we tokenise the part up to
 ``"<Document>:"`` and ``" " + doc`` apart, which gives the same ids because Qwen's pre-tokenizer never
@@ -41,6 +49,16 @@ GEMMA_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
     "providing a prediction of either 'Yes' or 'No'."
 )
+MXBAI_PREFIX = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n"
+)
+MXBAI_TASK = (
+    "You are a search relevance expert who evaluates how well documents match search queries. For each "
+    "query-document pair, carefully analyze the semantic relationship between them, then provide your "
+    "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
+)
+MXBAI_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 
 
 @dataclass(frozen=True)
@@ -60,9 +78,16 @@ class PromptTemplate:
     true_token: str
     false_token: str | None
     bos: bool = False  # the tokenizer's BOS id first
+    sep: str = ""  # tokenised on its own, between the query part and the passage, and before the suffix
+    suffix_pieces: tuple[str, ...] = ()  # more of the suffix, after ``suffix``, each tokenised on its own
+    head_instructed: str | None = None  # the head when an instruction is given (else ``head`` is used)
+    cap_head: bool = False  # the query cap cuts the head's ids ("query: " counted), not the query's text
 
     def fixed_text(self, instruction: str) -> tuple[str, str]:
         return self.prefix.format(instruction=instruction), self.suffix.format(instruction=instruction)
+
+    def head_for(self, instruction: str) -> str:
+        return self.head_instructed if instruction and self.head_instructed else self.head
 
 
 TEMPLATES = {
@@ -86,13 +111,29 @@ TEMPLATES = {
         true_token="Yes",
         false_token=None,
         bos=True,
+        sep="\n",  # between query and passage, its own token piece (FlagEmbedding's sep_inputs)
+    ),
+    "mxbai-v2": PromptTemplate(
+        name="mxbai-v2",
+        default_instruction="",  # none: the head is "query: {query}"
+        prefix=MXBAI_PREFIX,
+        head="query: {query}",
+        head_instructed="instruction: {instruction}\nquery: {query}",
+        passage_prefix="document: ",
+        suffix=MXBAI_TASK,
+        suffix_pieces=(MXBAI_SUFFIX,),
+        true_token="1",
+        false_token="0",
+        sep="\n",
+        cap_head=True,
     ),
 }
-# bge-gemma puts "\n" between query and passage, as its own token piece (FlagEmbedding's sep_inputs).
-_GEMMA_SEP = "\n"
 
 
 DECODER_TYPES = {"qwen3": "qwen3-reranker", "gemma": "bge-gemma", "gemma2": "bge-gemma"}
+# A causal LM of another type is named by its model id; a Qwen2 model could be many things, so an
+# mxbai v2 under another name needs --template mxbai-v2.
+NAMED = (("qwen3", "qwen3-reranker"), ("gemma", "bge-gemma"), ("mxbai-rerank", "mxbai-v2"))
 
 
 def model_template(requested: str, model: str, model_config: Any) -> str:
@@ -120,9 +161,7 @@ def model_template(requested: str, model: str, model_config: Any) -> str:
     found = DECODER_TYPES.get(str(getattr(model_config, "model_type", "")))
     lowered = model.lower()
     if found is None:
-        found = next(
-            (t for key, t in (("qwen3", "qwen3-reranker"), ("gemma", "bge-gemma")) if key in lowered), None
-        )
+        found = next((t for key, t in NAMED if key in lowered), None)
     if found is None:
         raise ModelError(
             f"{model} is a causal language model ({kind}) whose reranking prompt bge-rerank does not know.",
@@ -165,6 +204,7 @@ class PromptTokenizer:
         query_cap: int,
         pad_id: int,
         bos_id: int | None,
+        query_max_length: int | None = None,
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -177,13 +217,22 @@ class PromptTokenizer:
         self.pad_id = pad_id
         prefix_text, suffix_text = template.fixed_text(self.instruction)
         self._prefix = ([bos_id] if template.bos and bos_id is not None else []) + self._ids(prefix_text)
-        self._sep = self._ids(_GEMMA_SEP) if template.name == "bge-gemma" else []
-        self._suffix = self._sep + self._ids(suffix_text)  # bge-gemma: "\n" + prompt; Qwen3: its suffix
+        self._sep = self._ids(template.sep)
+        # bge-gemma: "\n" + prompt; mxbai-v2: "\n" + task prompt + chat suffix; Qwen3: its suffix.
+        self._suffix = self._sep + self._ids(suffix_text)
+        for piece in template.suffix_pieces:
+            self._suffix += self._ids(piece)
         self._marker = self._ids(template.passage_prefix.strip()) if template.passage_prefix.strip() else []
-        empty_head = self._ids(template.head.format(instruction=self.instruction, query=""))
-        # The template's own tokens: never cut. What is left holds the query (up to its cap) and the passage.
+        self._head = template.head_for(self.instruction)
+        empty_head = (
+            [] if template.cap_head else self._ids(self._head.format(instruction=self.instruction, query=""))
+        )
+        # The template's own tokens: never cut. What is left holds the query (up to its cap) and the passage;
+        # with ``cap_head`` the head's own words count as query.
         self.template_tokens = len(self._prefix) + len(empty_head) + len(self._sep) + len(self._suffix)
         room = max_length - self.template_tokens
+        if template.cap_head:  # the package's max_length: what the head, the separator and the passage share
+            query_cap = query_max_length or (max_length - len(self._prefix) - len(self._suffix)) * 3 // 4
         if room < 8:
             raise InvalidOption(
                 "max_length",
@@ -203,11 +252,16 @@ class PromptTokenizer:
         for query, enc in zip(
             queries, self._tok.encode_batch(queries, add_special_tokens=False), strict=True
         ):
+            if self.template.cap_head:  # the head's ids, cut at the cap
+                head = self._ids(self._head.format(instruction=self.instruction, query=query))
+                dropped = max(0, len(head) - self.query_cap)
+                out[query] = (self._prefix + head[: self.query_cap] + self._sep, dropped)
+                continue
             dropped = max(0, len(enc.ids) - self.query_cap)
             text = query
             if dropped:
                 text = query[: enc.offsets[self.query_cap - 1][1]]
-            head = self._ids(self.template.head.format(instruction=self.instruction, query=text))
+            head = self._ids(self._head.format(instruction=self.instruction, query=text))
             out[query] = (self._prefix + head + self._sep, dropped)
         return out
 

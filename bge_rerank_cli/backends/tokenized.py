@@ -70,6 +70,7 @@ class TokenizedScorer:
             query_cap=config.query_cap,
             pad_id=pad_id,
             bos_id=bos_id,
+            query_max_length=config.query_max_length,
         )
 
     @property

@@ -348,8 +348,9 @@ TemplateOption = Annotated[
     typer.Option(
         envvar="BGE_RERANK_TEMPLATE",
         help="How a pair becomes model input. auto: a sequence classifier is a cross-encoder; a causal LM "
-        "reranker is recognised from its config (qwen3-reranker: Qwen/Qwen3-Reranker-0.6B/4B/8B; "
-        "bge-gemma: BAAI/bge-reranker-v2-gemma). Name one to force it.",
+        "reranker is recognised from its config or name (qwen3-reranker: Qwen/Qwen3-Reranker-0.6B/4B/8B; "
+        "bge-gemma: BAAI/bge-reranker-v2-gemma; mxbai-v2: mixedbread-ai/mxbai-rerank-base-v2/large-v2). "
+        "Name one to force it.",
         rich_help_panel=LOADER,
     ),
 ]
