@@ -265,7 +265,7 @@ def record_load(store: CacheStore, config: LoaderConfig, scorer: Scorer) -> None
 
 
 def _instruction_shown(instruction: str | None, requested: str | None) -> str:
-    if instruction is None:
+    if not instruction:  # none, or a template without one by default (mxbai-v2)
         return "none"
     text = instruction if len(instruction) <= 60 else instruction[:57] + "..."
     return repr(text) + (" (the model's default)" if requested is None else "")
