@@ -86,3 +86,19 @@ def test_a_classifier_with_two_labels_is_refused_before_scoring(tmp_path: Path):
     result = run_cli(["score", "-m", str(tmp_path / "nli"), "-q", "q", "-p", "p", "-f", "jsonl"])
     assert result.returncode == 4 and result.stdout == b"", result.stderr.decode()
     assert b"has 2 output labels; a reranker has exactly one" in result.stderr
+
+
+def test_doctor_names_each_kind_and_how_it_is_scored(
+    models: dict[str, Path], tiny_mxbai: Path, tiny_qwen3: Path
+):
+    expected = {
+        models[
+            "deberta-v2"
+        ]: "DebertaV2ForSequenceClassification (cross-encoder: the classifier's single logit",
+        tiny_qwen3: 'decoder reranker, qwen3-reranker prompt: logit = z("yes") - z("no") at the last token',
+        tiny_mxbai: 'decoder reranker, mxbai-v2 prompt: logit = z("1") - z("0") at the last token',
+    }
+    for model, said in expected.items():
+        result = run_cli(["doctor", "-m", str(model), "-f", "json"])
+        checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+        assert said in checks["model-kind"]["finding"], checks["model-kind"]

@@ -170,6 +170,15 @@ def model_template(requested: str, model: str, model_config: Any) -> str:
     return found
 
 
+def formula(template: str) -> str:
+    """How a model of ``template`` is scored, in one line (``bge-rerank doctor`` says it)."""
+    found = TEMPLATES.get(template)
+    if found is None:
+        return "the classifier's single logit; score = sigmoid(logit)"
+    z = f'z("{found.true_token}")' + (f' - z("{found.false_token}")' if found.false_token else "")
+    return f"logit = {z} at the last token; score = sigmoid(logit)"
+
+
 def answer_ids(template: PromptTemplate, tokenizer_json: str) -> tuple[int, int | None]:
     """The vocabulary ids of the answer tokens, as the reference code finds them."""
     from tokenizers import Tokenizer

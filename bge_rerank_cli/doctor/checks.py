@@ -366,7 +366,7 @@ def check_model_kind(s: Snapshot) -> CheckResult:
     needs on this machine: weights in the dtype it will run in, plus one batch's activations."""
     from types import SimpleNamespace
 
-    from ..backends.prompts import model_template
+    from ..backends.prompts import formula, model_template
     from ..errors import BgeRerankError
 
     m = s.model
@@ -378,7 +378,7 @@ def check_model_kind(s: Snapshot) -> CheckResult:
     except BgeRerankError as exc:
         return CheckResult("model-kind", "fail", exc.message, exc.hint or "")
     what = "cross-encoder" if kind == "cross-encoder" else f"decoder reranker, {kind} prompt"
-    finding = f"{m.model}: {m.architecture} ({what})"
+    finding = f"{m.model}: {m.architecture} ({what}: {formula(kind)})"
     gpu = s.config.device.startswith("cuda") or (s.config.device == "auto" and bool(s.torch.gpus))
     dtype = s.config.dtype if s.config.dtype != "auto" else ("fp16" if gpu else "fp32")
     need = estimate_gpu_bytes(s, dtype_bytes=4 if dtype == "fp32" else 2)

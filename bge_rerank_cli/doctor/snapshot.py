@@ -96,6 +96,8 @@ KNOWN_KINDS = {
     "Qwen/Qwen3-Reranker-4B": ("Qwen3ForCausalLM", "qwen3"),
     "Qwen/Qwen3-Reranker-8B": ("Qwen3ForCausalLM", "qwen3"),
     "BAAI/bge-reranker-v2-gemma": ("GemmaForCausalLM", "gemma"),
+    "mixedbread-ai/mxbai-rerank-base-v2": ("Qwen2ForCausalLM", "qwen2"),
+    "mixedbread-ai/mxbai-rerank-large-v2": ("Qwen2ForCausalLM", "qwen2"),
 }
 
 
