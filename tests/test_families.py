@@ -102,3 +102,29 @@ def test_doctor_names_each_kind_and_how_it_is_scored(
         result = run_cli(["doctor", "-m", str(model), "-f", "json"])
         checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
         assert said in checks["model-kind"]["finding"], checks["model-kind"]
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "said"),
+    [
+        ("BAAI/bge-reranker-v2.5-gemma2-lightweight",
+         {"architectures": ["CostWiseGemmaForCausalLM"], "model_type": "cost_wise_gemma", "auto_map": {"x": "y"}},
+         "looks like a bge-gemma reranker by its name, but it is CostWiseGemmaForCausalLM with code of its own"),
+        ("some/gemma2-fork", {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "auto_map": {"x": "y"}},
+         "looks like a bge-gemma reranker by its type, but it is Gemma2ForCausalLM with code of its own"),
+        ("my/mxbai-rerank-fork", {"architectures": ["LlamaForCausalLM"], "model_type": "llama"},
+         "looks like a mxbai-v2 reranker by its name, but it is LlamaForCausalLM, not the Qwen2ForCausalLM"),
+    ],
+)  # fmt: skip
+def test_a_name_or_type_that_points_to_a_family_the_model_does_not_run_is_refused(name, config, said):
+    """BGE's lightweight and layerwise rerankers carry Gemma2/MiniCPM in their names and code of their own:
+    matched by name alone, they would be scored with another model's prompt. Never: refused, saying why."""
+    from types import SimpleNamespace
+
+    from bge_rerank_cli.backends.prompts import model_template
+    from bge_rerank_cli.errors import ModelError
+
+    with pytest.raises(ModelError, match="bge-rerank does not score it") as refused:
+        model_template("auto", name, SimpleNamespace(**config))
+    assert said in refused.value.message
+    assert model_template("bge-gemma" if "gemma" in name else "mxbai-v2", name, SimpleNamespace(**config))

@@ -131,6 +131,12 @@ TEMPLATES = {
 
 
 DECODER_TYPES = {"qwen3": "qwen3-reranker", "gemma": "bge-gemma", "gemma2": "bge-gemma"}
+# The architectures each prompt is scored on (a model recognised by its type or name must be one).
+ARCHITECTURES = {
+    "qwen3-reranker": {"Qwen3ForCausalLM"},
+    "bge-gemma": {"GemmaForCausalLM", "Gemma2ForCausalLM"},
+    "mxbai-v2": {"Qwen2ForCausalLM"},
+}
 # A causal LM of another type is named by its model id; a Qwen2 model could be many things, so an
 # mxbai v2 under another name needs --template mxbai-v2.
 NAMED = (("qwen3", "qwen3-reranker"), ("gemma", "bge-gemma"), ("mxbai-rerank", "mxbai-v2"))
@@ -158,14 +164,23 @@ def model_template(requested: str, model: str, model_config: Any) -> str:
         return requested
     if not causal:
         return "cross-encoder"
-    found = DECODER_TYPES.get(str(getattr(model_config, "model_type", "")))
-    lowered = model.lower()
+    found, by = DECODER_TYPES.get(str(getattr(model_config, "model_type", ""))), "type"
     if found is None:
-        found = next((t for key, t in NAMED if key in lowered), None)
+        found, by = next((t for key, t in NAMED if key in model.lower()), None), "name"
     if found is None:
         raise ModelError(
             f"{model} is a causal language model ({kind}) whose reranking prompt bge-rerank does not know.",
             hint=f"If it was trained with one of these prompts, name it with {option('template')}: {choices}.",
+        )
+    custom = bool(getattr(model_config, "auto_map", None))
+    if custom or not set(architectures) & ARCHITECTURES[found]:
+        # Its type or name says one family, but it runs other code (BGE's layerwise and lightweight
+        # rerankers are MiniCPM/Gemma2 with heads and token compression of their own): never a guess.
+        runs = f"{kind} with code of its own (auto_map)" if custom else kind
+        raise ModelError(
+            f"{model} looks like a {found} reranker by its {by}, but it is {runs}, not the "
+            f"{' or '.join(sorted(ARCHITECTURES[found]))} that prompt is scored on; bge-rerank does not score it.",
+            hint=f"If it is one of those models all the same, name the prompt: {option('template', found)}.",
         )
     return found
 
