@@ -177,7 +177,10 @@ def test_the_kind_is_read_from_the_config_or_forced():
     assert model_template("auto", "BAAI/bge-reranker-v2-gemma", gemma) == "bge-gemma"
     assert model_template("auto", "BAAI/bge-reranker-v2-m3", xlmr) == "cross-encoder"
     assert model_template("bge-gemma", "my/llama-reranker", llama) == "bge-gemma"
-    assert model_template("auto", "me/qwen3-reranker-finetune", llama) == "qwen3-reranker"  # by name
+    qwen_named = SimpleNamespace(architectures=["Qwen3ForCausalLM"], model_type="qwen3_custom")
+    assert model_template("auto", "me/qwen3-reranker-finetune", qwen_named) == "qwen3-reranker"  # by name
+    with pytest.raises(ModelError, match="by its name, but it is LlamaForCausalLM"):  # a name is no proof
+        model_template("auto", "me/qwen3-reranker-finetune", llama)
     with pytest.raises(ModelError, match="does not know"):
         model_template("auto", "me/llama", llama)
     with pytest.raises(ModelError, match="needs a causal language model"):
