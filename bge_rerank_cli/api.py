@@ -113,6 +113,16 @@ class Reranker:
         self.close()
 
     @property
+    def kind(self) -> dict[str, str]:
+        """What the model is and how it is scored, as ``bge-rerank doctor`` says it: ``template``
+        (``cross-encoder`` or a decoder prompt) and ``formula`` (one line). Loads the model if need be
+        (a model of no known kind raises :class:`~bge_rerank_cli.errors.ModelError` there)."""
+        from .backends.prompts import formula
+
+        template = str(getattr(self.scorer, "template", "cross-encoder"))
+        return {"template": template, "formula": formula(template)}
+
+    @property
     def cache_stats(self) -> tuple[int, int]:
         """This object's score cache hits and misses so far (distinct pairs), ``(0, 0)`` without one."""
         return (self._bound.hits, self._bound.misses) if self._bound is not None else (0, 0)

@@ -48,6 +48,10 @@ def test_each_encoder_family_scores_as_sentence_transformers_does(
     assert result.returncode == 0, result.stderr.decode()
     ours = [json.loads(line)["logit"] for line in result.stdout.splitlines()]
     assert ours == pytest.approx(reference, abs=TOLERANCE[backend])
+    if backend == "torch":
+        from bge_rerank_cli import Reranker
+
+        assert Reranker(str(model), device="cpu").kind["template"] == "cross-encoder"
     order = sorted(range(len(ours)), key=lambda i: -ours[i])
     assert order == sorted(range(len(reference)), key=lambda i: -reference[i])
 

@@ -62,6 +62,8 @@ def test_scores_and_prompts_equal_the_mxbai_rerank_package(
     pairs = mixed_pairs()
     expected, ids = reference(reference_python, tiny_mxbai, pairs, instruction=instruction)
     reranker = Reranker(str(tiny_mxbai), device="cpu", instruction=instruction, batch_tokens=512)
+    assert reranker.kind == {"template": "mxbai-v2", "formula": 'logit = z("1") - z("0") at the last token; '
+                             "score = sigmoid(logit)"}  # fmt: skip
     assert [e.ids for e in reranker.scorer.encode([Pair(q, p) for q, p in pairs])] == ids
     ours = [s.logit for s in reranker.score_pairs(pairs)]
     assert ours == pytest.approx(expected, abs=1e-5)
