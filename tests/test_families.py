@@ -56,40 +56,34 @@ def test_each_encoder_family_scores_as_sentence_transformers_does(
     assert order == sorted(range(len(reference)), key=lambda i: -reference[i])
 
 
-def test_a_causal_lm_without_a_known_prompt_is_refused_before_scoring(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        (
+            "Llama",
+            b"causal language model (LlamaForCausalLM) whose reranking prompt bge-rerank does not know",
+        ),
+        ("Bert", b"has 2 output labels; a reranker has exactly one"),
+    ],
+    ids=["causal-lm-without-a-known-prompt", "classifier-with-two-labels"],
+)
+def test_what_is_not_a_reranker_is_refused_before_scoring(kind: str, said: bytes, tmp_path: Path):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers as tf
 
     from tools.random_model import wordpiece_tokenizer
 
-    tokenizer = wordpiece_tokenizer(type_ids=False)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, architectures=["LlamaForCausalLM"])  # fmt: skip
+    tokenizer = wordpiece_tokenizer(type_ids=kind == "Bert")
+    head = "ForCausalLM" if kind == "Llama" else "ForSequenceClassification"
+    config = getattr(tf, f"{kind}Config")(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=1, num_attention_heads=2, num_labels=2,
+                                          architectures=[kind + head])  # fmt: skip
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
-    tokenizer.save_pretrained(tmp_path / "llama")
-    result = run_cli(["score", "-m", str(tmp_path / "llama"), "-q", "q", "-p", "p", "-f", "jsonl"])
+    getattr(tf, kind + head)(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    result = run_cli(["score", "-m", str(tmp_path / "model"), "-q", "q", "-p", "p", "-f", "jsonl"])
     assert result.returncode == 4 and result.stdout == b"", result.stderr.decode()
-    assert b"causal language model (LlamaForCausalLM) whose reranking prompt bge-rerank does not know" in (
-        result.stderr
-    )
-
-
-def test_a_classifier_with_two_labels_is_refused_before_scoring(tmp_path: Path):
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from tools.random_model import wordpiece_tokenizer
-
-    tokenizer = wordpiece_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, num_labels=2, architectures=["BertForSequenceClassification"])  # fmt: skip
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(tmp_path / "nli")
-    tokenizer.save_pretrained(tmp_path / "nli")
-    result = run_cli(["score", "-m", str(tmp_path / "nli"), "-q", "q", "-p", "p", "-f", "jsonl"])
-    assert result.returncode == 4 and result.stdout == b"", result.stderr.decode()
-    assert b"has 2 output labels; a reranker has exactly one" in result.stderr
+    assert said in result.stderr, result.stderr.decode()
 
 
 def test_doctor_names_each_kind_and_how_it_is_scored(

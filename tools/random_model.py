@@ -240,41 +240,10 @@ def build_qwen3_reranker(
 ) -> Path:
     """A random Qwen3 causal LM with Qwen3-Reranker's tokenizer layout (chat special tokens, single-token
     "yes"/"no"), as Qwen/Qwen3-Reranker-* ship: ``Qwen3ForCausalLM``, tied embeddings."""
-    import torch
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
-
-    out = Path(path)
-    tok = build_bpe_tokenizer(
-        QWEN3_SPECIALS, ["Judge", "Document", "Query", "Instruct", "assistant", "user", "system"]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
-    )
-    tokenizer.model_max_length = 32768
-    config = Qwen3Config(
-        vocab_size=vocab_size or len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=ffn,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        max_position_embeddings=40960,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        initializer_range=initializer_range,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        architectures=["Qwen3ForCausalLM"],
-        bge_rerank_random_weights=True,
-    )
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config).eval()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    words = ["Judge", "Document", "Query", "Instruct", "assistant", "user", "system"]
+    return _qwen_lm(path, "Qwen3", QWEN3_SPECIALS, words, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
+                    ffn=ffn, vocab_size=vocab_size, initializer_range=initializer_range, seed=seed,
+                    head_dim=head_dim, max_position_embeddings=40960)  # fmt: skip
 
 
 def build_qwen3_reranker_architecture(path: str | Path, *, seed: int = 0) -> Path:
@@ -302,27 +271,38 @@ def build_mxbai_v2(
     single-token "0"/"1"), as mixedbread-ai/mxbai-rerank-base-v2 ships: ``Qwen2ForCausalLM``, tied
     embeddings. Its folder name decides nothing: name it with ``mxbai-rerank`` in it, or pass
     ``--template mxbai-v2``."""
+    words = ["query", "document", "instruction", "Relevance", "search", "relevance", "expert", "Qwen", "system",
+             "user", "assistant", "documents", "queries", "relevant"]  # fmt: skip
+    out = _qwen_lm(path, "Qwen2", QWEN3_SPECIALS[:3], words, layers=layers, hidden=hidden, heads=heads,
+                   kv_heads=kv_heads, ffn=ffn, vocab_size=vocab_size, initializer_range=initializer_range,
+                   seed=seed, max_position_embeddings=32768)  # fmt: skip
+    _as_shipped(out, "Qwen2Tokenizer", rope_theta=1000000.0)
+    return out
+
+
+def _qwen_lm(
+    path: str | Path, family: str, specials: list[str], words: list[str], *, layers: int, hidden: int, heads: int,
+    kv_heads: int, ffn: int, vocab_size: int | None, initializer_range: float, seed: int, **config: Any,
+) -> Path:  # fmt: skip
+    """A random ``{family}ForCausalLM`` (Qwen2 or Qwen3: tied embeddings, RoPE base 1e6) with a byte-level
+    BPE of Qwen's layout: ``specials``, then merges for the answer words, the test words and ``words``."""
     import torch
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    import transformers as tf
+    from transformers import PreTrainedTokenizerFast
 
     out = Path(path)
-    tok = build_bpe_tokenizer(
-        QWEN3_SPECIALS[:3],
-        ["query", "document", "instruction", "Relevance", "search", "relevance", "expert", "Qwen", "system",
-         "user", "assistant", "documents", "queries", "relevant"],
-    )  # fmt: skip
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
-    )
+        tokenizer_object=build_bpe_tokenizer(specials, words), eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        padding_side="left",
+    )  # fmt: skip
     tokenizer.model_max_length = 32768
-    config = Qwen2Config(
+    settings = getattr(tf, f"{family}Config")(
         vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden,
         intermediate_size=ffn,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
-        max_position_embeddings=32768,
         rope_theta=1000000.0,
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
@@ -330,14 +310,14 @@ def build_mxbai_v2(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
-        architectures=["Qwen2ForCausalLM"],
+        architectures=[f"{family}ForCausalLM"],
         bge_rerank_random_weights=True,
+        **config,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).eval()
+    model = getattr(tf, f"{family}ForCausalLM")(settings).eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    _as_shipped(out, "Qwen2Tokenizer", rope_theta=1000000.0)
     return out
 
 
