@@ -37,8 +37,9 @@ def facts_of(scorer: Any) -> dict[str, Any]:
 
 class RecordedScorer:
     """A :class:`Scorer` from ``facts`` (:func:`facts_of` an earlier load of ``config``) that calls
-    ``load()`` (which records what it loaded) the first time it must encode or score. ``config`` is the requested configuration; the
-    scorer's own has the backend the record resolved. ``loaded`` tells whether the model was needed."""
+    ``load()`` (which records what it loaded) the first time it must encode or score. ``config`` is the
+    requested configuration; the scorer's own has the backend the record resolved. ``loaded`` tells
+    whether the model was needed."""
 
     device: str
     dtype: str
@@ -77,7 +78,7 @@ class RecordedScorer:
                 if differ:
                     raise ModelError(
                         f"{self.config.model} loaded with other settings ({', '.join(differ)}) than the score "
-                        "cache recorded for it, after records keyed by the recorded ones were written.",
+                        "cache recorded for it; nothing is scored with them in this job.",
                         hint="The record is replaced now; run the job again (with --resume if it wrote a file).",
                     )
                 self.load_seconds = scorer.load_seconds
