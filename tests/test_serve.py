@@ -201,6 +201,17 @@ def test_concurrent_requests_share_forward_passes_and_stay_correct(server: Serve
     assert after["bge_rerank_pairs_scored_total"] - before["bge_rerank_pairs_scored_total"] == 32 * 4
 
 
+def test_v1_models_lists_the_model_as_openai_style_clients_read_it(server: Server, tiny_xlmr: Path):
+    listed = server.get("/v1/models")
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    assert body["object"] == "list" and len(body["data"]) == 1
+    (entry,) = body["data"]
+    assert entry["id"] == str(tiny_xlmr) and entry["object"] == "model" and entry["owned_by"] == "bge-rerank"
+    assert isinstance(entry["created"], int) and abs(entry["created"] - time.time()) < 3600
+    assert httpx.get(server.url + "/v1/models").status_code == 401  # behind the key, as /info is
+
+
 def test_auth(server: Server):
     assert httpx.get(server.url + "/health").status_code == 200  # no key needed
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):

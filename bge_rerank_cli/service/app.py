@@ -46,6 +46,7 @@ ROUTES = (
     "/health",
     "/ready",
     "/info",
+    "/v1/models",
     "/metrics",
     "/docs",
     "/openapi.json",
@@ -153,6 +154,13 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics, drain: Drain) -> Non
             raise NotReady("the model is still loading; see GET /ready.")
         return JSONResponse({"model": engine.model, "revision": engine.config.revision, **engine.describe(),
                              "score_cache": engine.describe_cache(), "version": __version__})  # fmt: skip
+
+    started = int(time.time())
+
+    @app.get("/v1/models", summary="The models served, as OpenAI-style clients and infinity list them")
+    async def models() -> dict[str, object]:
+        entry = {"id": engine.model, "object": "model", "owned_by": "bge-rerank", "created": started}
+        return {"object": "list", "data": [entry]}
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
