@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Iterable
@@ -144,12 +145,23 @@ def folder_fingerprint(folder: Path) -> str:
     """``sha256:`` of the folder's top-level files by name and content: JSON files and files up to 8 MiB
     hashed whole; larger ones (weights) by their size and their first and last MiB, so a 2 GB model costs
     a few MiB of reading. Names, not paths or times: a byte-identical copy elsewhere fingerprints alike.
-    Hidden files and Markdown (a model card) are left out."""
-    digest = hashlib.sha256()
+    Hidden files and Markdown (a model card) are left out. A job asks several times (the score cache's
+    keys, the checkpoint, the ONNX export's check): the files are read once per process while none of
+    them changes (name, size, modification and change times and inode the same)."""
+    files = []
     for path in sorted(folder.iterdir(), key=lambda p: p.name):
         if path.name.startswith(".") or path.suffix in SKIPPED_SUFFIXES or not path.is_file():
             continue
-        digest.update(f"{path.name}\0{path.stat().st_size}\0{_file_digest(path)}\n".encode())
+        stat = path.stat()
+        files.append((path.name, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
+    return _fingerprint(str(folder.resolve()), tuple(files))
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(folder: str, files: tuple[tuple[str, int, int, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, size, *_ in files:
+        digest.update(f"{name}\0{size}\0{_file_digest(Path(folder) / name)}\n".encode())
     return "sha256:" + digest.hexdigest()
 
 

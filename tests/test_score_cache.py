@@ -441,3 +441,20 @@ def test_an_onnx_export_without_its_model_files_is_keyed_by_the_export(
     load_scorer.cache_clear()
     other, (hits, misses) = _score(model, cache, backend="onnx")
     assert (hits, misses) == (0, len(PAIRS)) and other != first
+
+
+def test_a_model_folder_is_read_once_per_process_while_its_files_stay_the_same(
+    tiny_xlmr: Path, tmp_path: Path
+):
+    """A job fingerprints its model several times (cache keys, checkpoint, ONNX check): the files are read
+    once, and a file rewritten in place, same name and size, is read again and changes the fingerprint."""
+    from bge_rerank_cli.hub import _fingerprint, folder_fingerprint
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_xlmr, model)
+    first = folder_fingerprint(model)
+    reads = _fingerprint.cache_info().misses
+    assert folder_fingerprint(model) == first and _fingerprint.cache_info().misses == reads
+    config = (model / "config.json").read_bytes()
+    (model / "config.json").write_bytes(config.replace(b'"hidden_act"', b'"hidden_Act"'))  # same size
+    assert folder_fingerprint(model) != first and _fingerprint.cache_info().misses == reads + 1
