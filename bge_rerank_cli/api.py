@@ -81,12 +81,9 @@ class Reranker:
         """The model; with a score cache that recorded how this configuration loads, a scorer that loads
         it only when a pair is not in the cache (calls of known pairs never load it)."""
         from .backends import load_scorer
-
-        config = self.config
-        if self._store is None:
-            return load_scorer(config)
         from .jobs.settings import load_through_cache
 
+        config = self.config
         return load_through_cache(self._store, config, lambda: load_scorer(config))
 
     def _control(self) -> JobControl:

@@ -315,7 +315,7 @@ class SqliteStore:
         return int(count)
 
     def get_load(self, key: str) -> bytes | None:
-        """The record of how a configuration loaded (see ``jobs.settings.known_scorer``), if kept."""
+        """The record of how a configuration loaded (see ``jobs.settings.load_through_cache``), if kept."""
         with self._lock:
             row = (
                 self._conn().execute("SELECT CAST(value AS BLOB) FROM loads WHERE key = ?", (key,)).fetchone()

@@ -7,7 +7,7 @@ Layout, every key under ``bge-rerank:`` in the URL's database:
 - ``lru:<model id>``: a sorted set per model of its entries' hex keys, scored by last use (server time, µs);
 - ``models``: model name -> a small id (``next-id`` hands them out, and is never reset);
 - ``hits`` / ``misses``: lookups per model name;
-- ``loads`` / ``load-models``: how a configuration loaded (see ``jobs.settings.known_scorer``) and the
+- ``loads`` / ``load-models``: how a configuration loaded (see ``jobs.settings.load_through_cache``) and the
   model it belongs to, by the configuration's key.
 
 Every change is one Lua script, so it is atomic on the server however many processes write at once: a put

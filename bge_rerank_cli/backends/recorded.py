@@ -3,7 +3,7 @@ pass (device, dtype, effective max length, template, batch limits, ``describe()`
 model itself only when a pair needs scoring.
 
 A score cache keeps one such record per configuration it has seen loaded (see
-:func:`bge_rerank_cli.jobs.settings.known_scorer`), so a job whose pairs are all in the cache never loads
+:func:`bge_rerank_cli.jobs.settings.load_through_cache`), so a job whose pairs are all in the cache never loads
 the model. When a pair does need the model, it is loaded then, and what it resolved is checked against the
 record: a scorer never scores under settings other than the ones its records were keyed and checkpointed
 with.

@@ -25,6 +25,7 @@ from ..outputs import JsonlWriter, LineWriter, TsvWriter
 from .checkpoint import RESUME, Checkpoint
 from .intake import ErrorLog, Intake, OnError
 from .resume import check_loaded, checkpoint_to_resume, loaded_settings, resume_point
+from .settings import load_through_cache
 from .sources import Source
 from .tasks import Task
 
@@ -181,7 +182,7 @@ def run(
             if output.to_file:
                 Checkpoint.remove(str(output.path))
             return _finish(report, intake, started)
-        scorer = _scorer(load, config, cache)
+        scorer = load_through_cache(cache, config, load)  # with a score cache, maybe loaded only if need be
         checkpointed = output.to_file and output.format == "jsonl"
         report.load_seconds, report.scorer = scorer.load_seconds, scorer.describe()
         report.max_length, report.model_limit = scorer.max_length, scorer.model_limit
@@ -238,16 +239,6 @@ def run(
         if output.to_file and not report.stopped:
             Checkpoint.remove(str(output.path))
         return report
-
-
-def _scorer(load: Loader, config: LoaderConfig | None, cache: CacheStore | None) -> Scorer:
-    """The job's scorer: with a score cache that recorded how ``config`` loads, one that loads the model
-    only if a pair is not in the cache; else loaded now (and recorded, when there is a cache)."""
-    if cache is None or config is None:
-        return load()
-    from .settings import load_through_cache
-
-    return load_through_cache(cache, config, load)
 
 
 def _check(job: Job) -> None:

@@ -37,7 +37,6 @@ from ..errors import option
 
 if TYPE_CHECKING:
     from ..backends.base import Scorer
-    from ..backends.recorded import RecordedScorer
     from ..score_cache import CacheStore, PairCache
     from .sources import Source
     from .tasks import Task
@@ -212,54 +211,43 @@ LOAD_KEYED = ("dtype", "max_length", "query_max_length", "batch_size", "batch_to
               "quantize", "template", "instruction", "prefix_reuse")  # fmt: skip
 
 
-def known_scorer(
-    store: CacheStore, config: LoaderConfig, load: Callable[[], Scorer]
-) -> RecordedScorer | None:
-    """A scorer for ``config`` from ``store``'s record of an earlier load of it (see
-    :mod:`~bge_rerank_cli.backends.recorded`), which calls ``load`` only when a pair needs the model, or
-    ``None`` when there is no usable record (then load as usual and :func:`record_load`). A store that
-    fails here is ``None`` too: the cache's first lookup meets the failure again and warns."""
+def load_through_cache(
+    store: CacheStore | None, config: LoaderConfig | None, load: Callable[[], Scorer]
+) -> Scorer:
+    """The scorer for ``config``. Without a score cache (or a configuration to key it by): ``load()``.
+    With one that recorded how ``config`` loads (see :mod:`~bge_rerank_cli.backends.recorded`): a scorer
+    that calls ``load`` only when a pair needs the model. Else ``load()`` now, recorded for the next
+    time. A record that cannot be read (a store failing, or one this version does not write) is no record:
+    the cache's first lookup meets a failing store again and warns."""
+    key = None if store is None or config is None else load_key(config)
+    if store is None or config is None or key is None:
+        return load()
     from ..backends.recorded import FACTS, RecordedScorer
 
-    key = load_key(config)
-    if key is None:
-        return None
     try:
         raw = store.get_load(key)
         facts = orjson.loads(raw) if raw is not None else None
     except Exception:
-        return None
+        facts = None
     wanted = {*FACTS, "backend", "describe"}
-    if not isinstance(facts, dict) or set(facts) != wanted or not isinstance(facts["describe"], dict):
-        return None  # none, or not one this version writes: load, and record it anew
+    if isinstance(facts, dict) and set(facts) == wanted and isinstance(facts["describe"], dict):
 
-    def load_and_record() -> Scorer:
-        scorer = load()
-        record_load(store, config, scorer)
-        return scorer
+        def load_and_record() -> Scorer:
+            scorer = load()
+            _record_load(store, key, config, scorer)
+            return scorer
 
-    return RecordedScorer(config, facts, load_and_record)
-
-
-def load_through_cache(store: CacheStore, config: LoaderConfig, load: Callable[[], Scorer]) -> Scorer:
-    """A scorer for ``config``: from ``store``'s record of how it loads (the model loaded only if a pair
-    needs it), else ``load()`` now, recorded for the next time."""
-    known = known_scorer(store, config, load)
-    if known is not None:
-        return known
+        return RecordedScorer(config, facts, load_and_record)
     scorer = load()
-    record_load(store, config, scorer)
+    _record_load(store, key, config, scorer)
     return scorer
 
 
-def record_load(store: CacheStore, config: LoaderConfig, scorer: Scorer) -> None:
-    """Record in ``store`` what ``scorer`` (loaded from ``config``) resolved, for :func:`known_scorer`.
-    Best effort: a failing store is the cache's to warn about."""
+def _record_load(store: CacheStore, key: str, config: LoaderConfig, scorer: Scorer) -> None:
+    """Record in ``store``, under ``key``, what ``scorer`` (loaded from ``config``) resolved. Best effort: a
+    failing store is the cache's to warn about."""
     from ..backends.recorded import facts_of
 
-    key = load_key(config)
-    if key is None:
-        return
     with contextlib.suppress(Exception):
         store.put_load(key, orjson.dumps(facts_of(scorer)), str(config.model))
 
