@@ -273,14 +273,19 @@ class PromptTokenizer:
         query tokens cut."""
         out: dict[str, tuple[list[int], int]] = {}
         queries = list(dict.fromkeys(p.query for p in pairs))
+        if self.template.cap_head:  # the head's ids ("query: " counted), cut at the cap
+            heads = [self._head.format(instruction=self.instruction, query=q) for q in queries]
+            for query, enc in zip(
+                queries, self._tok.encode_batch(heads, add_special_tokens=False), strict=True
+            ):
+                out[query] = (
+                    self._prefix + enc.ids[: self.query_cap] + self._sep,
+                    max(0, len(enc.ids) - self.query_cap),
+                )
+            return out
         for query, enc in zip(
             queries, self._tok.encode_batch(queries, add_special_tokens=False), strict=True
         ):
-            if self.template.cap_head:  # the head's ids, cut at the cap
-                head = self._ids(self._head.format(instruction=self.instruction, query=query))
-                dropped = max(0, len(head) - self.query_cap)
-                out[query] = (self._prefix + head[: self.query_cap] + self._sep, dropped)
-                continue
             dropped = max(0, len(enc.ids) - self.query_cap)
             text = query
             if dropped:
