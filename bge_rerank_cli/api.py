@@ -112,11 +112,15 @@ class Reranker:
     @property
     def kind(self) -> dict[str, str]:
         """What the model is and how it is scored, as ``bge-rerank doctor`` says it: ``template``
-        (``cross-encoder`` or a decoder prompt) and ``formula`` (one line). Loads the model if need be
-        (a model of no known kind raises :class:`~bge_rerank_cli.errors.ModelError` there)."""
-        from .backends.prompts import formula
+        (``cross-encoder`` or a decoder prompt) and ``formula`` (one line). Read from the model's
+        config.json without loading it (the model is loaded when that file cannot be had on its own); a
+        model of no known kind raises :class:`~bge_rerank_cli.errors.ModelError`, saying what to pass."""
+        from .backends.families import formula, identify
 
-        template = str(getattr(self.scorer, "template", "cross-encoder"))
+        family = identify(self.config) if self._scorer is None else None
+        template = (
+            family.name if family is not None else str(getattr(self.scorer, "template", "cross-encoder"))
+        )
         return {"template": template, "formula": formula(template)}
 
     @property

@@ -56,13 +56,16 @@ class Template(Choice):
     """How a pair becomes the model's input. ``auto`` reads it from the model's config: a sequence
     classifier is a ``cross-encoder``; a causal LM is a decoder reranker whose prompt the model names
     (``qwen3-reranker``: Qwen/Qwen3-Reranker-*; ``bge-gemma``: BAAI/bge-reranker-v2-gemma; ``mxbai-v2``:
-    mixedbread-ai/mxbai-rerank-*-v2)."""
+    mixedbread-ai/mxbai-rerank-*-v2; ``bge-layerwise``: BAAI/bge-reranker-v2-minicpm-layerwise;
+    ``bge-lightweight``: BAAI/bge-reranker-v2.5-gemma2-lightweight)."""
 
     AUTO = "auto"
     CROSS_ENCODER = "cross-encoder"
     QWEN3_RERANKER = "qwen3-reranker"
     BGE_GEMMA = "bge-gemma"
     MXBAI_V2 = "mxbai-v2"
+    BGE_LAYERWISE = "bge-layerwise"
+    BGE_LIGHTWEIGHT = "bge-lightweight"
 
 
 class LongDocs(Choice):
@@ -71,6 +74,7 @@ class LongDocs(Choice):
 
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+COMPRESS_RATIOS = (1, 2, 4, 8)  # FlagEmbedding's lightweight reranker: the ratios it was trained with
 
 
 def valid_device(device: str) -> bool:
@@ -107,6 +111,11 @@ class LoaderConfig:
     template: str = "auto"
     instruction: str | None = None  # decoder rerankers: the task instruction (None: the model's default)
     prefix_reuse: bool = True  # decoder rerankers: compute a query's shared prompt prefix once
+    # BGE layerwise / lightweight rerankers (FlagEmbedding's meanings and defaults): the layer whose head
+    # scores (None: the last), and the lightweight model's token compression (ratio 1: none).
+    cutoff_layers: int | None = None
+    compress_ratio: int = 1
+    compress_layers: tuple[int, ...] = (8,)
 
     def __post_init__(self) -> None:
         for name, choice in (
@@ -135,6 +144,21 @@ class LoaderConfig:
                 f"{option('instruction')} is for decoder rerankers; {option('template', 'cross-encoder')} "
                 "takes no instruction."
             )
+
+        if self.compress_ratio not in COMPRESS_RATIOS:
+            raise InvalidOption(
+                "compress_ratio",
+                f"must be one of {', '.join(map(str, COMPRESS_RATIOS))}, got {self.compress_ratio}.",
+            )
+        if self.cutoff_layers is not None and self.cutoff_layers < 1:
+            raise InvalidOption(
+                "cutoff_layers", f"must be a layer number (1 or more), got {self.cutoff_layers}."
+            )
+        if any(layer < 1 for layer in self.compress_layers):
+            raise InvalidOption(
+                "compress_layers", f"must be layer numbers (1 or more), got {list(self.compress_layers)}."
+            )
+        object.__setattr__(self, "compress_layers", tuple(self.compress_layers))
 
     @property
     def query_cap(self) -> int:

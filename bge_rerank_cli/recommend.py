@@ -134,10 +134,13 @@ def _entries(path: Path) -> list[dict[str, Any]]:
     return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
 
 
-def resolve_backend(config: LoaderConfig) -> LoaderConfig:
-    """``config`` with ``backend="auto"`` made concrete (see the module docs); other backends unchanged."""
+def resolve_backend(config: LoaderConfig, *, onnx_ok: bool = True) -> LoaderConfig:
+    """``config`` with ``backend="auto"`` made concrete (see the module docs); other backends unchanged.
+    ``onnx_ok=False``: the model's family runs on torch only (``auto`` is torch then)."""
     if config.backend != "auto":
         return config
+    if not onnx_ok:
+        return replace(config, backend="torch")
     if config.quantize != "none":  # int8 runs on ONNX Runtime only
         return replace(config, backend="onnx")
     found = lookup(config)

@@ -103,20 +103,25 @@ def test_doctor_names_each_kind_and_how_it_is_scored(
 
 
 @pytest.mark.parametrize(
-    ("name", "config", "said"),
+    ("name", "config", "said", "forced"),
     [
-        ("BAAI/bge-reranker-v2.5-gemma2-lightweight",
-         {"architectures": ["CostWiseGemmaForCausalLM"], "model_type": "cost_wise_gemma", "auto_map": {"x": "y"}},
-         "looks like a bge-gemma reranker by its name, but it is CostWiseGemmaForCausalLM with code of its own"),
+        ("openbmb/MiniCPM-2B-sft-bf16",
+         {"architectures": ["MiniCPMForCausalLM"], "model_type": "minicpm", "auto_map": {"x": "y"}},
+         "looks like a bge-layerwise reranker by its type, but it is MiniCPMForCausalLM, not the "
+         "LayerWiseMiniCPMForCausalLM", "bge-layerwise"),
         ("some/gemma2-fork", {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "auto_map": {"x": "y"}},
-         "looks like a bge-gemma reranker by its type, but it is Gemma2ForCausalLM with code of its own"),
+         "looks like a bge-gemma reranker by its type, but it is Gemma2ForCausalLM with code of its own", "bge-gemma"),
+        ("someone/lightweight-llama-reranker", {"architectures": ["LlamaForCausalLM"], "model_type": "llama"},
+         "looks like a bge-lightweight reranker by its name, but it is LlamaForCausalLM", "bge-lightweight"),
         ("my/mxbai-rerank-fork", {"architectures": ["LlamaForCausalLM"], "model_type": "llama"},
-         "looks like a mxbai-v2 reranker by its name, but it is LlamaForCausalLM, not the Qwen2ForCausalLM"),
+         "looks like a mxbai-v2 reranker by its name, but it is LlamaForCausalLM, not the Qwen2ForCausalLM",
+         "mxbai-v2"),
     ],
 )  # fmt: skip
-def test_a_name_or_type_that_points_to_a_family_the_model_does_not_run_is_refused(name, config, said):
-    """BGE's lightweight and layerwise rerankers carry Gemma2/MiniCPM in their names and code of their own:
-    matched by name alone, they would be scored with another model's prompt. Never: refused, saying why."""
+def test_a_name_or_type_that_points_to_a_family_the_model_does_not_run_is_refused(name, config, said, forced):
+    """A MiniCPM or Gemma2 that is not BGE's layerwise or lightweight reranker (their own heads and token
+    compression), or a fork named after a family it does not run: matched by name or type alone, it would
+    be scored with another model's prompt. Never: refused, saying why."""
     from types import SimpleNamespace
 
     from bge_rerank_cli.backends.prompts import model_template
@@ -125,4 +130,4 @@ def test_a_name_or_type_that_points_to_a_family_the_model_does_not_run_is_refuse
     with pytest.raises(ModelError, match="bge-rerank does not score it") as refused:
         model_template("auto", name, SimpleNamespace(**config))
     assert said in refused.value.message
-    assert model_template("bge-gemma" if "gemma" in name else "mxbai-v2", name, SimpleNamespace(**config))
+    assert model_template(forced, name, SimpleNamespace(**config)) == forced

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..config import LoaderConfig
 from .base import Encoded
+from .families import Family
 from .hf import decoder_facts, load_cross_encoder
 from .prompts import TEMPLATES, answer_ids
 from .tokenized import TokenizedScorer
@@ -62,8 +63,11 @@ class FoldedModel:
         return z[:, 0] if z.shape[1] == 1 else z[:, 0] - z[:, 1]
 
 
-def load(config: LoaderConfig, ce: Any, device: str, dtype: str, template: str) -> DecoderScorer:
-    return DecoderScorer(config, ce, device, dtype, template)
+def load(config: LoaderConfig, family: Family, device: str, dtype: str, ce: Any = None) -> DecoderScorer:
+    """The registry's loader for the decoder prompts (``ce``: the model when it is loaded already)."""
+    if ce is None:
+        ce = load_cross_encoder(config, device, dtype)
+    return DecoderScorer(config, ce, device, dtype, family.name)
 
 
 class DecoderScorer(TokenizedScorer):

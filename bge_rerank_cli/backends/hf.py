@@ -101,6 +101,39 @@ def load_cross_encoder(config: LoaderConfig, device: str, dtype: str) -> Any:
     return ce
 
 
+def local_model_folder(config: LoaderConfig) -> Path:
+    """The folder holding ``config.model``'s files, for a family loaded from them directly (not through
+    ``CrossEncoder``): the directory itself, its cached snapshot, or a download into the cache."""
+    from ..hub import missing_essentials, model_folder
+
+    local = Path(config.model).expanduser()
+    if not local.is_dir() and looks_like_path(config.model):
+        raise ModelError(f"model directory {config.model} does not exist.",
+                         hint=f"Give {option('model')} a Hugging Face id or an existing directory.")  # fmt: skip
+    folder = model_folder(config.model, config.revision, config.cache_dir)
+    missing = missing_essentials(p.name for p in folder.iterdir()) if folder is not None else ["its files"]
+    if folder is not None and not missing:
+        return folder
+    if local.is_dir():
+        raise ModelError(f"model directory {config.model} lacks {', '.join(missing)}: it is not a Hugging Face "
+                         "model folder (or a download into it did not finish).", hint=fetch_hint(config))  # fmt: skip
+    if config.offline or hub_offline():
+        raise ModelError(f"model {config.model} is not available: offline mode is on and it is not completely "
+                         f"in the cache {cache_dir(config.cache_dir)}.", hint=fetch_hint(config))  # fmt: skip
+    reach = probe_hub()
+    if not reach.ok:
+        raise ModelError(f"model {config.model} is not in the cache {cache_dir(config.cache_dir)} and the Hub "
+                         f"is unreachable ({reach.detail}).", hint=fetch_hint(config))  # fmt: skip
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(config.model, revision=config.revision, cache_dir=config.cache_dir))
+    except Exception as exc:  # HTTP errors, gated repos, a full disk
+        text = " ".join(str(exc).split())[:300]
+        raise ModelError(f"model {config.model} could not be downloaded into {cache_dir(config.cache_dir)}: "
+                         f"{text}", hint=fetch_hint(config)) from exc  # fmt: skip
+
+
 def _cross_encoder(
     config: LoaderConfig, name: str, device: str, torch_dtype: Any, *, local_only: bool, is_local: bool
 ) -> Any:

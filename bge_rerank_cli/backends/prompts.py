@@ -49,6 +49,7 @@ GEMMA_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
     "providing a prediction of either 'Yes' or 'No'."
 )
+LIGHTWEIGHT_PROMPT = "Predict whether passage B contains an answer to query A."
 MXBAI_PREFIX = (
     "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
     "<|im_start|>user\n"
@@ -82,6 +83,7 @@ class PromptTemplate:
     suffix_pieces: tuple[str, ...] = ()  # more of the suffix, after ``suffix``, each tokenised on its own
     head_instructed: str | None = None  # the head when an instruction is given (else ``head`` is used)
     cap_head: bool = False  # the query cap cuts the head's ids ("query: " counted), not the query's text
+    head_scored: bool = False  # scored by a per-layer head at the last token, not by answer-token logits
 
     def fixed_text(self, instruction: str) -> tuple[str, str]:
         return self.prefix.format(instruction=instruction), self.suffix.format(instruction=instruction)
@@ -113,6 +115,34 @@ TEMPLATES = {
         bos=True,
         sep="\n",  # between query and passage, its own token piece (FlagEmbedding's sep_inputs)
     ),
+    # BGE's layerwise and lightweight rerankers: bge-gemma's layout (FlagEmbedding's ``LayerWiseLLMReranker``
+    # and ``LightweightLLMReranker`` build it the same way), scored by one layer's own head.
+    "bge-layerwise": PromptTemplate(
+        name="bge-layerwise",
+        default_instruction=GEMMA_PROMPT,
+        prefix="",
+        head="A: {query}",
+        passage_prefix="B: ",
+        suffix="{instruction}",
+        true_token="",
+        false_token=None,
+        bos=True,
+        sep="\n",
+        head_scored=True,
+    ),
+    "bge-lightweight": PromptTemplate(
+        name="bge-lightweight",
+        default_instruction=LIGHTWEIGHT_PROMPT,
+        prefix="",
+        head="A: {query}",
+        passage_prefix="B: ",
+        suffix="{instruction}",
+        true_token="",
+        false_token=None,
+        bos=True,
+        sep="\n",
+        head_scored=True,
+    ),
     "mxbai-v2": PromptTemplate(
         name="mxbai-v2",
         default_instruction="",  # none: the head is "query: {query}"
@@ -130,16 +160,23 @@ TEMPLATES = {
 }
 
 
-DECODER_TYPES = {"qwen3": "qwen3-reranker", "gemma": "bge-gemma", "gemma2": "bge-gemma"}
+DECODER_TYPES = {"qwen3": "qwen3-reranker", "gemma": "bge-gemma", "gemma2": "bge-gemma", "minicpm": "bge-layerwise",
+                 "cost_wise_gemma": "bge-lightweight"}  # fmt: skip
 # The architectures each prompt is scored on (a model recognised by its type or name must be one).
 ARCHITECTURES = {
     "qwen3-reranker": {"Qwen3ForCausalLM"},
     "bge-gemma": {"GemmaForCausalLM", "Gemma2ForCausalLM"},
     "mxbai-v2": {"Qwen2ForCausalLM"},
+    "bge-layerwise": {"LayerWiseMiniCPMForCausalLM"},
+    "bge-lightweight": {"CostWiseGemmaForCausalLM"},
 }
+# Families whose models are defined by code in their repositories (auto_map): BGE's layerwise (MiniCPM
+# with a head per layer) and lightweight (Gemma 2 with token compression) rerankers.
+REMOTE_CODE = {"bge-layerwise", "bge-lightweight"}
 # A causal LM of another type is named by its model id; a Qwen2 model could be many things, so an
 # mxbai v2 under another name needs --template mxbai-v2.
-NAMED = (("qwen3", "qwen3-reranker"), ("gemma", "bge-gemma"), ("mxbai-rerank", "mxbai-v2"))
+NAMED = (("layerwise", "bge-layerwise"), ("lightweight", "bge-lightweight"), ("qwen3", "qwen3-reranker"),
+         ("gemma", "bge-gemma"), ("mxbai-rerank", "mxbai-v2"))  # fmt: skip
 
 
 def model_template(requested: str, model: str, model_config: Any) -> str:
@@ -172,7 +209,7 @@ def model_template(requested: str, model: str, model_config: Any) -> str:
             f"{model} is a causal language model ({kind}) whose reranking prompt bge-rerank does not know.",
             hint=f"If it was trained with one of these prompts, name it with {option('template')}: {choices}.",
         )
-    custom = bool(getattr(model_config, "auto_map", None))
+    custom = bool(getattr(model_config, "auto_map", None)) and found not in REMOTE_CODE
     if custom or not set(architectures) & ARCHITECTURES[found]:
         # Its type or name says one family, but it runs other code (BGE's layerwise and lightweight
         # rerankers are MiniCPM/Gemma2 with heads and token compression of their own): never a guess.
@@ -183,15 +220,6 @@ def model_template(requested: str, model: str, model_config: Any) -> str:
             hint=f"If it is one of those models all the same, name the prompt: {option('template', found)}.",
         )
     return found
-
-
-def formula(template: str) -> str:
-    """How a model of ``template`` is scored, in one line (``bge-rerank doctor`` says it)."""
-    found = TEMPLATES.get(template)
-    if found is None:
-        return "the classifier's single logit; score = sigmoid(logit)"
-    z = f'z("{found.true_token}")' + (f' - z("{found.false_token}")' if found.false_token else "")
-    return f"logit = {z} at the last token; score = sigmoid(logit)"
 
 
 def answer_ids(template: PromptTemplate, tokenizer_json: str) -> tuple[int, int | None]:

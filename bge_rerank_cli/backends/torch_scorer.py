@@ -10,10 +10,18 @@ from typing import Any
 from ..config import LoaderConfig, cpu_threads
 from ..errors import ModelError, option
 from .base import BatchTooLarge, Encoded
+from .families import Family
 from .hf import load_cross_encoder, tokenizer_facts
 from .tokenized import TokenizedScorer
 
 log = logging.getLogger("bge_rerank_cli")
+
+
+def load(config: LoaderConfig, family: Family, device: str, dtype: str, ce: Any = None) -> TorchScorer:
+    """The registry's loader for cross-encoders (``ce``: the model when it is loaded already)."""
+    if ce is None:
+        ce = load_cross_encoder(config, device, dtype)
+    return TorchScorer(config, ce, device, dtype)
 
 
 def prepare(config: LoaderConfig) -> tuple[str, str]:

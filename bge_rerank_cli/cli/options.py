@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -30,7 +31,7 @@ from ..config import (
     Template,
     valid_device,
 )
-from ..errors import UsageError
+from ..errors import InvalidOption, UsageError
 from ..jobs import OnError
 
 T = TypeVar("T")
@@ -364,6 +365,36 @@ Instruction = Annotated[
         rich_help_panel=LOADER,
     ),
 ]
+CutoffLayers = Annotated[
+    int | None,
+    typer.Option(
+        metavar="N",
+        envvar="BGE_RERANK_CUTOFF_LAYERS",
+        help="BGE layerwise / lightweight rerankers: score with layer N's head; the layers after it do "
+        "not run (default: the last layer; the model cards' examples use 28).",
+        show_default=False,
+        rich_help_panel=LOADER,
+    ),
+]
+CompressRatio = Annotated[
+    int,
+    typer.Option(
+        metavar="R",
+        envvar="BGE_RERANK_COMPRESS_RATIO",
+        help="BGE lightweight reranker: merge every R passage tokens into one at --compress-layers "
+        "(1, 2, 4 or 8; 1: no compression).",
+        rich_help_panel=LOADER,
+    ),
+]
+CompressLayers = Annotated[
+    str,
+    typer.Option(
+        metavar="L[,L...]",
+        envvar="BGE_RERANK_COMPRESS_LAYERS",
+        help="BGE lightweight reranker: the layers at which --compress-ratio compresses (e.g. 24,40).",
+        rich_help_panel=LOADER,
+    ),
+]
 PrefixReuse = Annotated[
     bool,
     typer.Option(
@@ -437,11 +468,28 @@ def _loader_parameters() -> list[tuple[str, Any, Any]]:
         ("template", TemplateOption, Template.AUTO),
         ("instruction", Instruction, None),
         ("prefix_reuse", PrefixReuse, True),
+        ("cutoff_layers", CutoffLayers, None),
+        ("compress_ratio", CompressRatio, 1),
+        ("compress_layers", CompressLayers, "8"),
     ]
 
 
-def build_config(*, fp16: bool | None = None, dtype: str = "auto", **options: Any) -> LoaderConfig:
+def build_config(
+    *,
+    fp16: bool | None = None,
+    dtype: str = "auto",
+    compress_layers: str | tuple[int, ...] = "8",
+    **options: Any,
+) -> LoaderConfig:
     """One :class:`LoaderConfig` from the loader flags; ``--fp16/--no-fp16`` is shorthand for ``--dtype``."""
+    if isinstance(compress_layers, str):
+        try:
+            compress_layers = tuple(int(part) for part in compress_layers.split(",") if part.strip())
+        except ValueError:
+            raise InvalidOption(
+                "compress_layers", f"must be layer numbers separated by commas, got {compress_layers!r}."
+            ) from None
+    options["compress_layers"] = compress_layers
     if fp16 is not None:
         wanted = "fp16" if fp16 else "fp32"
         if dtype not in ("auto", wanted):
@@ -483,6 +531,40 @@ def shared_options(
         return wrapper
 
     return decorate
+
+
+ServeModels = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="[NAME=]ID|DIR",
+        envvar="BGE_RERANK_MODEL",
+        help="Hugging Face model id or local directory of a reranker. Repeat to serve several, each named "
+        "NAME=ID: a request picks one by its model field (per-model options: --config).",
+        show_default=False,
+        rich_help_panel=LOADER,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class ServeFlags:
+    """``serve``'s loader flags: the ``--model`` values as given, and every other loader flag (applied to
+    each model unless the config file says otherwise for it)."""
+
+    models: tuple[str, ...]
+    base: LoaderConfig
+
+
+def serve_loader_options() -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """:func:`loader_options` with a repeatable ``--model [NAME=]ID``, as ``config: ServeFlags``."""
+    shared = [("models", ServeModels, None) if p[0] == "model" else p for p in _loader_parameters()]
+
+    def build(models: list[str] | None = None, **options: Any) -> ServeFlags:
+        return ServeFlags(tuple(models or ()), build_config(**options))
+
+    return shared_options(shared, build, "config")
 
 
 def loader_options(*, precision: bool = True) -> Callable[[Callable[..., T]], Callable[..., T]]:

@@ -366,7 +366,8 @@ def check_model_kind(s: Snapshot) -> CheckResult:
     needs on this machine: weights in the dtype it will run in, plus one batch's activations."""
     from types import SimpleNamespace
 
-    from ..backends.prompts import formula, model_template
+    from ..backends.families import FAMILIES, formula
+    from ..backends.prompts import model_template
     from ..errors import BgeRerankError
 
     m = s.model
@@ -379,6 +380,12 @@ def check_model_kind(s: Snapshot) -> CheckResult:
         return CheckResult("model-kind", "fail", exc.message, exc.hint or "")
     what = "cross-encoder" if kind == "cross-encoder" else f"decoder reranker, {kind} prompt"
     finding = f"{m.model}: {m.architecture} ({what}: {formula(kind)})"
+    if FAMILIES[kind].remote_code and not s.config.trust_remote_code:
+        return CheckResult(
+            "model-kind", "warn", finding + "; it is defined by code in its repository, which runs only with "
+            "--trust-remote-code.", "Pass --trust-remote-code (or BGE_RERANK_TRUST_REMOTE_CODE=1) if you trust "
+            "that repository's code.",
+        )  # fmt: skip
     gpu = s.config.device.startswith("cuda") or (s.config.device == "auto" and bool(s.torch.gpus))
     dtype = s.config.dtype if s.config.dtype != "auto" else ("fp16" if gpu else "fp32")
     need = estimate_gpu_bytes(s, dtype_bytes=4 if dtype == "fp32" else 2)

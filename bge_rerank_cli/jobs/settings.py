@@ -56,7 +56,7 @@ Settings = dict[str, Setting]
 # The order refusals list settings in; a setting derived from others is left out when one of them differs
 # (a decoder's query share follows from its prompt's length, the template's and the instruction's).
 ORDER = ("task", "model", "backend", "quantize", "dtype", "max_length", "query_max_length", "template",
-         "instruction", "long_docs", "chunk_overlap", "max_chunks", "top_k", "min_score", "depth", "format",
+         "instruction", "cutoff_layers", "compression", "long_docs", "chunk_overlap", "max_chunks", "top_k", "min_score", "depth", "format",
          "errors")  # fmt: skip
 DERIVED = {
     "query_max_length": ("max_length", "template", "instruction", "model"),
@@ -153,7 +153,10 @@ def after_load(scorer: Scorer, requested: LoaderConfig | None = None) -> Setting
         from ..hub import folder_fingerprint
 
         fingerprint = "onnx-export:" + folder_fingerprint(Path(export))
+    # BGE layerwise / lightweight: the layer that scores and the token compression (only those families)
+    heads: Settings = {n: _plain(described[n]) for n in ("cutoff_layers", "compression") if n in described}
     return {
+        **heads,
         "model": Setting(fingerprint or model_name(config), model_name(config)),
         "backend": _asked(described.get("backend", config.backend), (requested or config).backend),
         "quantize": _plain(config.quantize),
@@ -208,7 +211,8 @@ def load_key(config: LoaderConfig) -> str | None:
 # LoaderConfig fields a load resolves from besides the model, backend and device (offline, cache_dir and
 # revision only say where the files are: the fingerprint covers them).
 LOAD_KEYED = ("dtype", "max_length", "query_max_length", "batch_size", "batch_tokens", "trust_remote_code",
-              "quantize", "template", "instruction", "prefix_reuse")  # fmt: skip
+              "quantize", "template", "instruction", "prefix_reuse", "cutoff_layers", "compress_ratio",
+              "compress_layers")  # fmt: skip
 
 
 def load_through_cache(
