@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .backends.base import BatchScorer, Encoded
 from .engine import Interrupted, JobControl, score_encoded
@@ -58,6 +58,17 @@ class Observer(Protocol):
     def dropped(self) -> None: ...
 
 
+class PassTracer(Protocol):
+    """What the batcher tells a tracer (the service's OpenTelemetry spans): a submission's wait in the
+    queue, and each forward pass with the submissions (their ``Ticket.trace``) that took part in it."""
+
+    def waited(self, request: Any, submitted_ns: int, taken_ns: int, pairs: int) -> None: ...
+
+    def forward_pass(
+        self, requests: Sequence[Any], start_ns: int, end_ns: int, pairs: int, tokens: int
+    ) -> None: ...
+
+
 class _Silent:
     def submitted(self, pairs: int) -> None:
         pass
@@ -89,6 +100,8 @@ class Ticket:
     pairs: int = 0
     future: Future[list[float]] = field(default_factory=Future)
     abandoned: bool = False
+    trace: Any = None  # the submitter's span context, for a tracer
+    submitted_ns: int = 0
 
     def abandon(self) -> None:
         """The caller no longer waits: a queued ticket leaves the queue; one being scored lets its round
@@ -112,8 +125,10 @@ class Batcher:
         gather_seconds: float = 0.005,
         max_pending: int = 10_000,
         observer: Observer | None = None,
+        tracer: PassTracer | None = None,
     ) -> None:
         self.scorer = scorer
+        self.tracer = tracer
         self.gather_seconds = gather_seconds
         self.max_pending = max_pending
         self.observer: Observer = observer or _Silent()
@@ -171,11 +186,14 @@ class Batcher:
             self._pending -= admission.pairs
             self.observer.queue_depth(self._pending)
 
-    def submit(self, sequences: Sequence[Encoded], admission: Admission | None = None) -> Ticket:
+    def submit(
+        self, sequences: Sequence[Encoded], admission: Admission | None = None, *, trace: Any = None
+    ) -> Ticket:
         """Queue ``sequences`` under ``admission`` (without one, they are admitted here as one pair each);
-        their logits arrive in ``ticket.future`` (:meth:`Ticket.abandon` drops them)."""
+        their logits arrive in ``ticket.future`` (:meth:`Ticket.abandon` drops them). ``trace``: the
+        submitter's span context, handed to the tracer with the spans of its wait and its passes."""
         admission = admission or self.admit(len(sequences))
-        ticket = Ticket(sequences, admission.pairs)
+        ticket = Ticket(sequences, admission.pairs, trace=trace, submitted_ns=time.time_ns())
         if not sequences:
             self.release(admission)
             ticket.future.set_result([])
@@ -257,7 +275,12 @@ class Batcher:
                 self._pending -= ticket.pairs
             self._round = (sum(t.pairs for t in taken), time.monotonic())
             self.observer.queue_depth(self._pending)
-            return taken
+        if self.tracer is not None:
+            now = time.time_ns()
+            for ticket in taken:
+                if ticket.trace is not None:
+                    self.tracer.waited(ticket.trace, ticket.submitted_ns, now, ticket.pairs)
+        return taken
 
     def _queued(self) -> int:
         return sum(len(t.sequences) for t in self._queue)
@@ -279,9 +302,17 @@ class Batcher:
         flat = [seq for ticket in tickets for seq in ticket.sequences]
         owner = [n for n, ticket in enumerate(tickets) for _ in ticket.sequences]
 
+        last = [time.time_ns()]  # when the pass now ending began: the round's start, then each pass's end
+
         def on_batch(indices: Sequence[int]) -> None:
             tokens = sum(len(flat[i].ids) for i in indices)
-            self.observer.forward_pass(len(indices), len({owner[i] for i in indices}), tokens)
+            owners = sorted({owner[i] for i in indices})
+            self.observer.forward_pass(len(indices), len(owners), tokens)
+            now = time.time_ns()
+            traced = [tickets[n].trace for n in owners if tickets[n].trace is not None]
+            if self.tracer is not None and traced:
+                self.tracer.forward_pass(traced, last[0], now, len(indices), tokens)
+            last[0] = now
 
         def abandoned() -> bool:
             return all(ticket.abandoned for ticket in tickets)

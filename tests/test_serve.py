@@ -44,9 +44,8 @@ class Server:
         return httpx.get(self.url + path, headers={"Authorization": f"Bearer {KEY}"}, timeout=60, **kw)
 
     def post(self, path: str, body: object, **kw) -> httpx.Response:
-        return httpx.post(
-            self.url + path, json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60, **kw
-        )
+        headers = {"Authorization": f"Bearer {KEY}", **kw.pop("headers", {})}
+        return httpx.post(self.url + path, json=body, headers=headers, timeout=60, **kw)
 
     def metrics(self) -> dict[str, float]:
         from prometheus_client.parser import text_string_to_metric_families
@@ -56,6 +55,8 @@ class Server:
             for sample in family.samples:
                 label = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
                 values[sample.name + (f"{{{label}}}" if label else "")] = sample.value
+                if set(sample.labels) == {"model"}:  # also summed over the models served
+                    values[sample.name] = values.get(sample.name, 0.0) + sample.value
         return values
 
 
@@ -66,20 +67,14 @@ def free_port() -> int:
 
 
 def start(model: Path, tmp: Path, *args: str) -> Server:
+    return launch(tmp, "-m", str(model), *args)
+
+
+def launch(tmp: Path, *args: str) -> Server:
+    """``bge-rerank serve ARGS`` on a free port with the test key, once ready (``/ready`` says 200)."""
     port = free_port()
     log = tmp / f"serve-{port}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "bge_rerank_cli",
-        "serve",
-        "-m",
-        str(model),
-        "--port",
-        str(port),
-        "--api-key",
-        KEY,
-    ]
+    cmd = [sys.executable, "-m", "bge_rerank_cli", "serve", "--port", str(port), "--api-key", KEY]
     proc = subprocess.Popen([*cmd, *args], stdout=subprocess.DEVNULL, stderr=log.open("wb"), cwd=REPO,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     server = Server(f"http://127.0.0.1:{port}", proc, log)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import Choice, LoaderConfig, ScoreOptions
+from ..config import Choice, ScoreOptions
 from ..errors import BgeRerankError, ExitCode, UsageError
 from . import options as opt
 from .console import say
@@ -23,11 +23,23 @@ class LogFormat(Choice):
     JSON = "json"
 
 
-@opt.loader_options()
+@opt.serve_loader_options()
 @opt.long_docs_options()
 def serve(
-    config: LoaderConfig,
+    config: opt.ServeFlags,
     options: ScoreOptions,
+    config_file: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            envvar="BGE_RERANK_SERVE_CONFIG",
+            help="A TOML file of the models to serve ([models.NAME] tables whose keys mirror the loader and "
+            "long-passage flags, default = NAME, [aliases]); see docs/serving.md.",
+            show_default=False,
+            rich_help_panel=SERVICE,
+        ),
+    ] = None,
     host: Annotated[
         str,
         typer.Option(
@@ -152,6 +164,17 @@ def serve(
             rich_help_panel=SERVICE,
         ),
     ] = LogFormat.TEXT,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            envvar=["BGE_RERANK_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"],
+            help="Send OpenTelemetry traces over OTLP/HTTP to this collector (a base URL such as "
+            "http://127.0.0.1:4318 gets /v1/traces). Off by default. Needs the otel extra.",
+            show_default=False,
+            rich_help_panel=SERVICE,
+        ),
+    ] = None,
     score_cache: opt.ScoreCacheOption = None,
     score_cache_max_size: opt.ScoreCacheMaxSize = None,
     score_cache_retry: Annotated[
@@ -165,9 +188,9 @@ def serve(
         ),
     ] = 30.0,
 ) -> None:
-    """Serve the reranker over HTTP: Cohere v2 (POST /v2/rerank), Jina/vLLM (POST /v1/rerank), TEI (POST /rerank) and pair scores (POST /score), with /health, /ready, /metrics (Prometheus) and the OpenAPI page (/docs).
+    """Serve the reranker over HTTP: Cohere v2 (POST /v2/rerank), Jina/vLLM (POST /v1/rerank), TEI (POST /rerank) and pair scores (POST /score), with /health, /ready, /info, /v1/models, /metrics (Prometheus) and the OpenAPI page (/docs).
 
-    Scores equal `bge-rerank score` on the same pairs and options. Concurrent requests share forward passes (one model worker). With --score-cache, pairs scored before (by the service or a batch job with the same settings) are answered from the cache and only the others reach the model. Stops on SIGTERM/SIGINT after the requests in flight (--drain-seconds).
+    Scores equal `bge-rerank score` on the same pairs and options. Concurrent requests share forward passes (one model worker per model). Several models (--model NAME=ID repeated, or --config FILE): a request picks one by its model field (TEI's /rerank and /score: the default model unless it names one); each has its own worker and queue (the limits apply to each). With --score-cache, pairs scored before (by the service or a batch job with the same settings) are answered from the cache and only the others reach the model. Stops on SIGTERM/SIGINT after the requests in flight (--drain-seconds).
 
     \b
     Needs the serve extra:  pip install 'bge-rerank-cli[serve]'
@@ -175,6 +198,7 @@ def serve(
     \b
     Examples:
       bge-rerank serve --port 8080
+      bge-rerank serve -m bge=BAAI/bge-reranker-v2-m3 -m qwen=Qwen/Qwen3-Reranker-0.6B
       curl -s localhost:8080/v2/rerank -H 'Content-Type: application/json' -d '{"query": "what is deep learning?", "documents": ["Deep learning is ...", "Apples are ..."], "top_n": 1}'
     """
     with reported_errors():
@@ -189,6 +213,7 @@ def serve(
         from ..service.app import AccessLog, create_app
         from ..service.core import Engine, Limits
         from ..service.metrics import Metrics
+        from ..service.models import Models, catalog, check_memory
         from ..service.server import ConnectionLimits, Drain, Server, bind, guarded_protocol
 
         if api_key is not None and not api_key.strip():
@@ -196,14 +221,26 @@ def serve(
         if api_key is None and not _loopback(host):
             say(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach this port can use "
                 "the model and fill its queue. Set --api-key (or BGE_RERANK_API_KEY), or bind 127.0.0.1.")  # fmt: skip
+        served = catalog(config.models, config.base, options, config_file)
+        check_memory(served.models)  # before anything loads: refused with the figures
         limits = Limits(max_docs, max_body_bytes, max_queue, timeout, gather_ms / 1000)
-        engine = Engine(
-            config,
-            options,
-            limits,
-            score_cache=opt.open_score_cache(score_cache, score_cache_max_size, service=True),
-            score_cache_retry=score_cache_retry,
-        )
+        engines = {
+            m.name: Engine(
+                m.config,
+                m.options,
+                limits,
+                score_cache=opt.open_score_cache(score_cache, score_cache_max_size, service=True),
+                score_cache_retry=score_cache_retry,
+                name=m.name,
+            )
+            for m in served.models
+        }
+        models = Models(engines, served.default, served.aliases)
+        tracing = None
+        if otlp_endpoint:
+            from ..service.tracing import Tracing
+
+            tracing = Tracing(otlp_endpoint)
         metrics, drain = Metrics(), Drain(drain_seconds)
         fatal: list[BaseException] = []
         server: Server | None = None
@@ -213,8 +250,8 @@ def serve(
             if server is not None:
                 server.should_exit = True
 
-        app = create_app(engine, metrics=metrics, api_key=api_key, cors_origins=tuple(cors_origin or ()),
-                         log_format=log_format, on_fatal=on_fatal, drain=drain)  # fmt: skip
+        app = create_app(models, metrics=metrics, api_key=api_key, cors_origins=tuple(cors_origin or ()),
+                         log_format=log_format, on_fatal=on_fatal, drain=drain, tracing=tracing)  # fmt: skip
         listening = bind(host, port)  # before the model loads: a port in use fails at once
         protocol = guarded_protocol(ConnectionLimits(header_timeout, body_timeout, max_connections), metrics,
                                     AccessLog(log_format).write)  # fmt: skip
@@ -230,7 +267,8 @@ def serve(
         server = Server(uv_config, drain)
         port = listening.getsockname()[1]
         say(
-            f"[dim]bge-rerank serve: {config.model} on http://{host}:{port} (loading; GET /ready says when it is up)[/]"
+            f"[dim]bge-rerank serve: {', '.join(models.engines)} on http://{host}:{port} (loading; GET /ready says "
+            "when it is up)[/]"
         )
         server.run(sockets=[listening])  # re-raises the signal that stopped it: exit 143 or 130 by it
         if server.signalled is not None and not fatal:

@@ -34,7 +34,9 @@ from ..records import Pair
 from . import schemas as s
 from .core import Engine, NotReady, RequestTimeout, TooManyDocuments
 from .metrics import Metrics
+from .models import Models, UnknownModel
 from .server import Drain
+from .tracing import Tracing
 
 T = TypeVar("T")
 log = logging.getLogger("bge_rerank_cli")
@@ -68,7 +70,7 @@ def error(status: int, message: str, kind: str, headers: dict[str, str] | None =
 
 
 def create_app(
-    engine: Engine,
+    served: Engine | Models,
     *,
     metrics: Metrics | None = None,
     api_key: str | None = None,
@@ -76,32 +78,32 @@ def create_app(
     log_format: str = "text",
     on_fatal: Callable[[BaseException], None] | None = None,
     drain: Drain | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
-    """The ASGI app. The model loads in a background thread at start-up: ``/health`` answers at once,
-    ``/ready`` once a warm-up pass is done; a load failure is handed to ``on_fatal``. When ``drain``
-    expires, requests still waiting answer 503 and the model work left is abandoned."""
+    """The ASGI app for one model (an :class:`Engine`) or several (:class:`Models`, routed by each
+    request's ``model``). The models load in a background thread at start-up, one after the other:
+    ``/health`` answers at once, ``/ready`` once every model's warm-up pass is done; a load failure is
+    handed to ``on_fatal``. When ``drain`` expires, requests still waiting answer 503 and the model work
+    left is abandoned."""
+    models = served if isinstance(served, Models) else Models.single(served)
     metrics = metrics or Metrics()
     drain = drain or Drain()
-    engine.observer = engine.observer or metrics
-    engine.cache_observer = engine.cache_observer or metrics
+    for engine in models.engines.values():
+        engine.observer = engine.observer or metrics.for_model(engine.model)
+        engine.cache_observer = engine.cache_observer or metrics
+        engine.tracing = engine.tracing or tracing
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         def load() -> None:
-            try:
-                engine.load()
-            except BaseException as exc:
-                if on_fatal is not None:
-                    on_fatal(exc)
-                return
-            info = engine.describe()
-            cache = engine.describe_cache()
-            cached = f"; score cache {cache['where']}" if cache else ""
-            print(f"bge-rerank serve: ready ({info.get('backend')} {info.get('dtype')} on {info.get('device')}, "
-                  f"max length {info.get('max_length')}{cached})", file=sys.stderr, flush=True)  # fmt: skip
-            if info.get("random_weights"):
-                print(f"bge-rerank serve: stand-in model: {engine.model} has RANDOM weights (built by "
-                      "tools/random_model.py): its scores and orders are meaningless.", file=sys.stderr, flush=True)  # fmt: skip
+            for engine in models.engines.values():
+                try:
+                    engine.load()
+                except BaseException as exc:
+                    if on_fatal is not None:
+                        on_fatal(exc)
+                    return
+                _say_ready(engine, models.several)
 
         threading.Thread(target=load, name="bge-rerank-load", daemon=True).start()
         yield
@@ -111,7 +113,9 @@ def create_app(
         else:
             print("bge-rerank serve: requests in flight finished; stopping the model worker.", file=sys.stderr,
                   flush=True)  # fmt: skip
-        engine.close(abandon=drain.expired.is_set())
+        models.close(abandon=drain.expired.is_set())
+        if tracing is not None:
+            tracing.shutdown()  # the spans still buffered go out before the process ends
 
     app = FastAPI(
         title="bge-rerank",
@@ -125,42 +129,95 @@ def create_app(
         app.add_middleware(
             CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
-    app.add_middleware(Gate, metrics=metrics, api_key=api_key, max_body=engine.limits.max_body_bytes,
-                       access=AccessLog(log_format), cors=bool(cors_origins))  # fmt: skip
+    app.add_middleware(Gate, metrics=metrics, api_key=api_key, max_body=models.first.limits.max_body_bytes,
+                       access=AccessLog(log_format), cors=bool(cors_origins), tracing=tracing)  # fmt: skip
     _handlers(app, metrics)
-    _routes(app, engine, metrics, drain)
+    _routes(app, models, metrics, drain, tracing)
     return app
 
 
-def _routes(app: FastAPI, engine: Engine, metrics: Metrics, drain: Drain) -> None:
-    @app.get("/health", summary="Alive (answers while the model loads and under full load)")
+def _say_ready(engine: Engine, several: bool) -> None:
+    info = engine.describe()
+    cache = engine.describe_cache()
+    cached = f"; score cache {cache['where']}" if cache else ""
+    which = f"{engine.model} " if several else ""
+    print(f"bge-rerank serve: {which}ready ({info.get('backend')} {info.get('dtype')} on {info.get('device')}, "
+          f"max length {info.get('max_length')}{cached})", file=sys.stderr, flush=True)  # fmt: skip
+    if info.get("random_weights"):
+        print(f"bge-rerank serve: stand-in model: {engine.config.model} has RANDOM weights (built by "
+              "tools/random_model.py): its scores and orders are meaningless.", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _state(engine: Engine) -> str:
+    return "ready" if engine.ready else "failed" if engine.error is not None else "loading"
+
+
+def _info(engine: Engine) -> dict[str, object]:
+    """One served model's facts, as an operator asks for them (TEI's /info names where they apply)."""
+    described = engine.describe()
+    config, limits = engine.config, engine.limits
+    scorer = engine.scorer
+    return {
+        **described,
+        "id": engine.model,
+        "model": config.model,
+        "revision": config.revision,
+        "status": _state(engine),
+        "quantize": config.quantize,
+        "max_input_length": described.get("max_length"),
+        "max_batch_tokens": getattr(scorer, "batch_tokens", None),
+        "max_client_batch_size": limits.max_docs,
+        "max_queue_pairs": limits.max_queue,
+        "long_docs": engine.options.long_docs,
+        "score_cache": engine.describe_cache(),
+    }
+
+
+def _routes(app: FastAPI, models: Models, metrics: Metrics, drain: Drain, tracing: Tracing | None) -> None:
+    def pick(name: str | None, documents: int) -> Engine:
+        """The engine the request's ``model`` names; its span told which, and how many documents."""
+        engine = models.pick(name)
+        if tracing is not None:
+            tracing.annotate(model=engine.model, documents=documents)
+        return engine
+
+    @app.get("/health", summary="Alive (answers while the models load and under full load)")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Model loaded and warmed up")
+    @app.get("/ready", summary="Every model loaded and warmed up")
     async def ready(request: Request) -> JSONResponse:
-        state = "ready" if engine.ready else "failed" if engine.error is not None else "loading"
+        first = models.first
+        state = "ready" if models.ready else "failed" if models.error is not None else "loading"
+        status = 200 if models.ready else 503
         if not request.state.authorized:  # a probe without the key learns the status alone
-            return JSONResponse({"status": state}, 200 if engine.ready else 503)
-        if engine.ready:
-            return JSONResponse({"status": state, "model": engine.model, **engine.describe()})
-        return JSONResponse({"status": state, "model": engine.model}, 503)
+            return JSONResponse({"status": state}, status)
+        body: dict[str, Any] = {
+            "status": state,
+            **(first.describe() if first.ready else {}),
+            "model": first.model,
+        }
+        if models.several:
+            body["models"] = {name: _state(e) for name, e in models.engines.items()}
+        return JSONResponse(body, status)
 
-    @app.get(
-        "/info", summary="What answers: model, revision, backend, device, dtype, random weights, score cache"
-    )
+    @app.get("/info", summary="What answers: per model, id, revision, backend, dtype, limits, score cache")
     async def info() -> JSONResponse:
-        if not engine.ready:
+        first = models.first
+        if not first.ready:
             raise NotReady("the model is still loading; see GET /ready.")
-        return JSONResponse({"model": engine.model, "revision": engine.config.revision, **engine.describe(),
-                             "score_cache": engine.describe_cache(), "version": __version__})  # fmt: skip
+        return JSONResponse({**first.describe(), "model": first.model, "revision": first.config.revision,
+                             "score_cache": first.describe_cache(), "version": __version__,
+                             "default_model": models.default, "aliases": models.aliases,
+                             "models": [_info(e) for e in models.engines.values()]})  # fmt: skip
 
     started = int(time.time())
 
     @app.get("/v1/models", summary="The models served, as OpenAI-style clients and infinity list them")
-    async def models() -> dict[str, object]:
-        entry = {"id": engine.model, "object": "model", "owned_by": "bge-rerank", "created": started}
-        return {"object": "list", "data": [entry]}
+    async def listed() -> dict[str, object]:
+        data = [{"id": name, "object": "model", "owned_by": "bge-rerank", "created": started}
+                for name in models.engines]  # fmt: skip
+        return {"object": "list", "data": data}
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
@@ -170,9 +227,10 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics, drain: Drain) -> Non
               summary="Cohere v2 rerank")  # fmt: skip
     async def cohere(body: s.CohereRerankRequest, request: Request) -> s.CohereRerankResponse:
         texts = s.texts_of(body.documents)
+        engine = pick(body.model, len(texts))
         ranking = await _guard(request, drain, engine.rank(body.query, texts, top_n=body.top_n,
                                                     doc_tokens=body.max_tokens_per_doc))  # fmt: skip
-        _count(metrics, ranking, len(texts))
+        _count(metrics, engine, ranking, len(texts))
         results = [
             s.CohereResult(index=d.index, relevance_score=d.score,
                            document=s.CohereDocument(text=d.text) if body.return_documents else None)
@@ -186,10 +244,11 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics, drain: Drain) -> Non
               summary="Jina / vLLM rerank")  # fmt: skip
     async def jina(body: s.JinaRerankRequest, request: Request) -> s.JinaRerankResponse:
         texts = s.texts_of(body.documents)
+        engine = pick(body.model, len(texts))
         ranking = await _guard(
             request, drain, engine.rank(body.query, texts, top_n=body.top_n or None, usage=True)
         )
-        _count(metrics, ranking, len(texts))
+        _count(metrics, engine, ranking, len(texts))
         results = [
             s.JinaResult(index=d.index, relevance_score=d.score,
                          document=s.JinaDocument(text=d.text) if body.return_documents else None)
@@ -199,37 +258,38 @@ def _routes(app: FastAPI, engine: Engine, metrics: Metrics, drain: Drain) -> Non
                                     results=results)  # fmt: skip
 
     @app.post("/rerank", response_model=list[s.TeiRank], response_model_exclude_none=True,
-              summary="Hugging Face TEI rerank")  # fmt: skip
+              summary="Hugging Face TEI rerank (the default model, unless `model` names another)")  # fmt: skip
     async def tei(body: s.TeiRerankRequest, request: Request) -> list[s.TeiRank]:
+        engine = pick(body.model, len(body.texts))
         ranking = await _guard(request, drain, engine.rank(body.query, body.texts))
-        _count(metrics, ranking, len(body.texts))
+        _count(metrics, engine, ranking, len(body.texts))
         return [
             s.TeiRank(index=d.index, score=d.logit if body.raw_scores else d.score,
                       text=d.text if body.return_text else None)
             for d in ranking.ranked
         ]  # fmt: skip
 
-    @app.post(
-        "/score", response_model=s.ScoreResponse, summary="Pair scores, as `bge-rerank score` writes them"
-    )
+    @app.post("/score", response_model=s.ScoreResponse,
+              summary="Pair scores, as `bge-rerank score` writes them (the default model, unless `model` names another)")  # fmt: skip
     async def score(body: s.ScoreRequest, request: Request) -> s.ScoreResponse:
+        engine = pick(body.model, len(body.pairs))
         if len(body.pairs) > engine.limits.max_docs:
             raise TooManyDocuments(len(body.pairs), engine.limits.max_docs)
         items = [parse_score_item(obj, i, "pairs") for i, obj in enumerate(body.pairs)]
         pairs = [Pair(i.query, i.passage) for i in items]
         result = await _guard(request, drain, engine.score(pairs, usage=True))
         scored, tokens = result.scored, result.tokens
-        metrics.scored(len(set(pairs)), result.model_tokens, sum(x.truncated for x in scored))
+        metrics.scored(engine.model, len(set(pairs)), result.model_tokens, sum(x.truncated for x in scored))
         records = [score_record(item, x) for item, x in zip(items, scored, strict=True)]
         return s.ScoreResponse(
             model=engine.model, results=records, usage=s.JinaUsage(prompt_tokens=tokens, total_tokens=tokens)
         )
 
 
-def _count(metrics: Metrics, ranking: Any, documents: int) -> None:
-    metrics.scored(documents, ranking.model_tokens, ranking.truncated)
+def _count(metrics: Metrics, engine: Engine, ranking: Any, documents: int) -> None:
+    metrics.scored(engine.model, documents, ranking.model_tokens, ranking.truncated)
     if documents:
-        metrics.reranked(ranking.top1_replaced)
+        metrics.reranked(engine.model, ranking.top1_replaced)
 
 
 async def _guard(request: Request, drain: Drain, work: Awaitable[T]) -> T:
@@ -274,6 +334,11 @@ def _handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(InputError)
     async def bad_pair(request: Request, exc: InputError) -> JSONResponse:
         return error(422, f"{exc.source}[{exc.line}]: {exc.reason}", "Validation")
+
+    @app.exception_handler(UnknownModel)
+    async def unknown_model(request: Request, exc: UnknownModel) -> JSONResponse:
+        metrics.rejected.labels("unknown_model").inc()
+        return error(404, str(exc), "NotFound")
 
     @app.exception_handler(TooManyDocuments)
     async def too_many(request: Request, exc: TooManyDocuments) -> JSONResponse:
@@ -346,9 +411,11 @@ class Gate:
     middleware), becomes the service's JSON error shape; nothing reaches the server as a traceback."""
 
     def __init__(
-        self, app: Any, *, metrics: Metrics, api_key: str | None, max_body: int, access: AccessLog, cors: bool
-    ) -> None:
+        self, app: Any, *, metrics: Metrics, api_key: str | None, max_body: int, access: AccessLog, cors: bool,
+        tracing: Tracing | None = None,
+    ) -> None:  # fmt: skip
         self.app = app
+        self.tracing = tracing
         self.metrics = metrics
         self.key = api_key.encode() if api_key else None
         self.max_body = max_body
@@ -368,6 +435,8 @@ class Gate:
         authorized = self._authorized(headers)
         scope.setdefault("state", {}).update(request_id=rid, authorized=authorized)
         sending = _Replier(send, rid)
+        method = scope.get("method", "-")
+        span = self.tracing.start_request(method, route, path, headers, rid) if self.tracing else None
         try:
             if not authorized and path not in OPEN_ROUTES and not self._preflight(scope, headers):
                 # Its body is not read: the connection closes after the answer, so none is left on it.
@@ -392,6 +461,8 @@ class Gate:
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
             self._access(scope, status, seconds, rid)
+            if span is not None and self.tracing is not None:
+                self.tracing.end_request(span, status)
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         if self.key is None:

@@ -40,9 +40,11 @@ class ServiceCache:
     :meth:`lookup_async` and :meth:`remember_later` (in the cache's own thread), counted in ``observer``;
     ``where`` without secrets, ``working`` until the store fails."""
 
-    def __init__(self, cache: PairCache, observer: CacheObserver | None = None) -> None:
+    def __init__(
+        self, cache: PairCache, observer: CacheObserver | None = None, *, label: str | None = None
+    ) -> None:
         self.cache = cache
-        self.model = cache.model
+        self.model = label or cache.model  # the metrics' model label: the name the model is served under
         self.where = cache.store.where  # without secrets: stores show no password
         self.observer = observer
         self._lock = threading.Lock()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from .cache import CacheObserver, ServiceCache
 
 if TYPE_CHECKING:
     from ..score_cache import CacheStore
+    from .tracing import Tracing
 
 
 class RequestTimeout(BgeRerankError):
@@ -94,6 +96,8 @@ class Engine:
     score_cache_retry: float = 30.0  # seconds before a failed store is tried again
     cache_observer: CacheObserver | None = None
     cache: ServiceCache | None = None
+    name: str = ""  # what requests call it (--model NAME=ID); the model id when not named
+    tracing: Tracing | None = None  # OpenTelemetry spans (serve --otlp-endpoint); None: off
     _ready: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -102,7 +106,8 @@ class Engine:
 
     @property
     def model(self) -> str:
-        return self.config.model
+        """The name this engine's model is served under (its id when it was not named)."""
+        return self.name or self.config.model
 
     def load(self, loader: Callable[[LoaderConfig], Scorer] = load_scorer) -> None:
         """Load the model, start the worker and run a warm-up pass; then :attr:`ready` turns true."""
@@ -113,6 +118,7 @@ class Engine:
                 gather_seconds=self.limits.gather_seconds,
                 max_pending=self.limits.max_queue,
                 observer=self.observer,
+                tracer=self.tracing,
             )
             warm = encode_pairs(self.scorer, [Pair("warm-up query", "warm-up passage")], self.options)
             self.batcher.submit([s for w in warm for s in w]).future.result()
@@ -125,6 +131,7 @@ class Engine:
                         self.score_cache, self.scorer, self.options, retry_after=self.score_cache_retry
                     ),
                     self.cache_observer,
+                    label=self.model,
                 )
         except BaseException as exc:
             self.error = exc
@@ -183,7 +190,8 @@ class Engine:
     ) -> _Found:
         by_pair: dict[Pair, Scored] = {}
         if self.cache is not None:
-            known = await self.cache.lookup_async(unique, doc_tokens)
+            with self._span("score cache lookup", pairs=len(unique)):
+                known = await self.cache.lookup_async(unique, doc_tokens)
             by_pair = {p: hit for p, hit in zip(unique, known, strict=True) if hit is not None}
         missing = [p for p in unique if p not in by_pair] if by_pair else unique
         hits = [p for p in unique if p in by_pair] if usage else []
@@ -212,9 +220,10 @@ class Engine:
         doc_tokens: int | None,
     ) -> tuple[list[Scored], int, int]:
         """The misses' records and tokens, and the tokens of ``hits`` (counted while the model works)."""
-        windows = await asyncio.to_thread(self._encode, scorer, missing, doc_tokens)
+        with self._span("tokenize", pairs=len(missing)):
+            windows = await asyncio.to_thread(self._encode, scorer, missing, doc_tokens)
         flat = [seq for per_pair in windows for seq in per_pair]
-        ticket = batcher.submit(flat, admission)
+        ticket = batcher.submit(flat, admission, trace=self.tracing.current() if self.tracing else None)
         try:
             hit_tokens = await asyncio.to_thread(self._tokens, scorer, hits, doc_tokens) if hits else 0
             logits = await asyncio.wrap_future(ticket.future)
@@ -223,6 +232,9 @@ class Engine:
                 ticket.abandon()
         scored = reduce_windows(windows, logits, chunked=self.options.long_docs == "chunk")
         return scored, sum(len(seq.ids) for seq in flat), hit_tokens
+
+    def _span(self, name: str, **attributes: object) -> AbstractContextManager[None]:
+        return self.tracing.span(name, **attributes) if self.tracing is not None else nullcontext()
 
     def _encode(self, scorer: Scorer, pairs: list[Pair], doc_tokens: int | None) -> list[list[Encoded]]:
         """The sequences the model reads for ``pairs`` (blocking: run in a worker thread)."""

@@ -25,35 +25,37 @@ class Metrics:
         )
         self.latency = Histogram(f"{PREFIX}_request_duration_seconds", "Request latency by route.", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.pairs = Counter(
-            f"{PREFIX}_pairs_scored", "Pairs scored (after de-duplication per request).", registry=r
-        )
+        m = ["model"]  # the name the model is served under (its id when not named)
+        self.pairs = Counter(f"{PREFIX}_pairs_scored", "Pairs scored (after de-duplication per request).", m,
+                             registry=r)  # fmt: skip
         self.tokens = Counter(
-            f"{PREFIX}_tokens_scored", "Real (unpadded) tokens read by the model.", registry=r
+            f"{PREFIX}_tokens_scored", "Real (unpadded) tokens read by the model.", m, registry=r
         )
-        self.truncated = Counter(
-            f"{PREFIX}_truncated_pairs", "Pairs that lost tokens to the max length.", registry=r
-        )
+        self.truncated = Counter(f"{PREFIX}_truncated_pairs", "Pairs that lost tokens to the max length.", m,
+                                 registry=r)  # fmt: skip
         self.submitted_pairs = Counter(f"{PREFIX}_submitted_pairs",
-                                       "Pairs admitted, tokenised and queued for the model.", registry=r)  # fmt: skip
-        self.forward_passes = Counter(f"{PREFIX}_forward_passes", "Forward passes of the model.", registry=r)
+                                       "Pairs admitted, tokenised and queued for the model.", m, registry=r)  # fmt: skip
+        self.forward_passes = Counter(
+            f"{PREFIX}_forward_passes", "Forward passes of the model.", m, registry=r
+        )
         self.shared_passes = Counter(f"{PREFIX}_shared_forward_passes",
-                                     "Forward passes that carried pairs of more than one request.", registry=r)  # fmt: skip
-        self.pairs_per_pass = Histogram(f"{PREFIX}_forward_pass_pairs", "Pairs (sequences) per forward pass.",
+                                     "Forward passes that carried pairs of more than one request.", m, registry=r)  # fmt: skip
+        self.pairs_per_pass = Histogram(f"{PREFIX}_forward_pass_pairs", "Pairs (sequences) per forward pass.", m,
                                         buckets=SIZE_BUCKETS, registry=r)  # fmt: skip
-        self.requests_per_pass = Histogram(f"{PREFIX}_forward_pass_requests", "Requests per forward pass.",
+        self.requests_per_pass = Histogram(f"{PREFIX}_forward_pass_requests", "Requests per forward pass.", m,
                                            buckets=SIZE_BUCKETS, registry=r)  # fmt: skip
-        self.queue = Gauge(f"{PREFIX}_queue_pairs", "Pairs waiting for the model worker.", registry=r)
+        self.queue = Gauge(f"{PREFIX}_queue_pairs", "Pairs waiting for the model worker.", m, registry=r)
         self.rejected = Counter(f"{PREFIX}_rejected_requests", "Requests refused before scoring, by reason.",
                                 ["reason"], registry=r)  # fmt: skip
         self.dropped_requests = Counter(f"{PREFIX}_dropped_requests",
-                                        "Requests dropped from the queue (client gone or timed out).", registry=r)  # fmt: skip
+                                        "Requests dropped from the queue (client gone or timed out).", m, registry=r)  # fmt: skip
         self.rerank_requests = Counter(f"{PREFIX}_rerank_requests", "Rerank requests with at least one document.",
-                                       registry=r)  # fmt: skip
+                                       m, registry=r)  # fmt: skip
         self.top1_replaced = Counter(f"{PREFIX}_top1_replaced", "Rerank requests whose best document was not first.",
-                                     registry=r)  # fmt: skip
+                                     m, registry=r)  # fmt: skip
         self.top1_rate = Gauge(f"{PREFIX}_top1_replacement_rate",
-                               "Share of rerank requests whose best document was not first in the input.", registry=r)  # fmt: skip
+                               "Share of rerank requests whose best document was not first in the input.", m,
+                               registry=r)  # fmt: skip
         self.cache_hits = Counter(f"{PREFIX}_cache_hits", "Distinct pairs of a request the score cache answered.",
                                   ["model"], registry=r)  # fmt: skip
         self.cache_misses = Counter(f"{PREFIX}_cache_misses",
@@ -64,25 +66,15 @@ class Metrics:
                                       registry=r)  # fmt: skip
         self.cache_up = Gauge(f"{PREFIX}_cache_up", "1 while the score cache works, 0 once it failed and is off.",
                               ["model"], registry=r)  # fmt: skip
-        self._reranks = 0
-        self._replaced = 0
+        self._reranks: dict[str, tuple[int, int]] = {}  # model -> (rerank requests, top-1 replaced)
 
-    # Observer (called from the model worker thread; prometheus-client is thread-safe)
-    def submitted(self, pairs: int) -> None:
-        self.submitted_pairs.inc(pairs)
-
-    def forward_pass(self, pairs: int, requests: int, tokens: int) -> None:
-        self.forward_passes.inc()
-        self.pairs_per_pass.observe(pairs)
-        self.requests_per_pass.observe(requests)
-        if requests > 1:
-            self.shared_passes.inc()
-
-    def queue_depth(self, pairs: int) -> None:
-        self.queue.set(pairs)
-
-    def dropped(self) -> None:
-        self.dropped_requests.inc()
+    def for_model(self, model: str) -> ModelObserver:
+        """The batcher's :class:`~bge_rerank_cli.batcher.Observer` for one served model: its series
+        shown from the start, at 0."""
+        for metric in (self.pairs, self.tokens, self.truncated, self.submitted_pairs, self.forward_passes,
+                       self.shared_passes, self.queue, self.dropped_requests):  # fmt: skip
+            metric.labels(model)
+        return ModelObserver(self, model)
 
     # CacheObserver (called from worker threads)
     def cache_lookup(self, model: str, hits: int, misses: int) -> None:
@@ -98,18 +90,45 @@ class Metrics:
         else:
             self.cache_failures.labels(model).inc()
 
-    def scored(self, pairs: int, tokens: int, truncated: int) -> None:
-        self.pairs.inc(pairs)
-        self.tokens.inc(tokens)
-        self.truncated.inc(truncated)
+    def scored(self, model: str, pairs: int, tokens: int, truncated: int) -> None:
+        self.pairs.labels(model).inc(pairs)
+        self.tokens.labels(model).inc(tokens)
+        self.truncated.labels(model).inc(truncated)
 
-    def reranked(self, replaced: bool) -> None:
-        self._reranks += 1
-        self._replaced += replaced
-        self.rerank_requests.inc()
+    def reranked(self, model: str, replaced: bool) -> None:
+        reranks, replacements = self._reranks.get(model, (0, 0))
+        reranks, replacements = reranks + 1, replacements + replaced
+        self._reranks[model] = (reranks, replacements)
+        self.rerank_requests.labels(model).inc()
         if replaced:
-            self.top1_replaced.inc()
-        self.top1_rate.set(self._replaced / self._reranks)
+            self.top1_replaced.labels(model).inc()
+        self.top1_rate.labels(model).set(replacements / reranks)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ModelObserver:
+    """One served model's batcher reports (called from its model worker thread; prometheus-client is
+    thread-safe)."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.metrics = metrics
+        self.model = model
+
+    def submitted(self, pairs: int) -> None:
+        self.metrics.submitted_pairs.labels(self.model).inc(pairs)
+
+    def forward_pass(self, pairs: int, requests: int, tokens: int) -> None:
+        m = self.metrics
+        m.forward_passes.labels(self.model).inc()
+        m.pairs_per_pass.labels(self.model).observe(pairs)
+        m.requests_per_pass.labels(self.model).observe(requests)
+        if requests > 1:
+            m.shared_passes.labels(self.model).inc()
+
+    def queue_depth(self, pairs: int) -> None:
+        self.metrics.queue.labels(self.model).set(pairs)
+
+    def dropped(self) -> None:
+        self.metrics.dropped_requests.labels(self.model).inc()

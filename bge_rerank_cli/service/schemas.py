@@ -164,6 +164,9 @@ class JinaRerankResponse(BaseModel):
 
 
 class TeiRerankRequest(_Request):
+    model: str | None = (
+        None  # ours: TEI serves one model; here it picks one of several (default: the default)
+    )
     query: Query
     texts: list[str]
     raw_scores: bool = False
@@ -185,6 +188,7 @@ class ScoreRequest(_Request):
     ``text``, ``doc``) and any other fields, which come back unchanged."""
 
     pairs: list[dict[str, Any]]
+    model: str | None = None  # which served model (default: the default one)
 
 
 class ScoreResponse(BaseModel):
