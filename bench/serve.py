@@ -26,6 +26,7 @@ report says why.
         # and its int8 ONNX export)
     python bench/serve.py --model DIR --requests 96 --concurrency 1,4,16,32 --rounds 2
     python bench/serve.py --quick --servers ours-torch-fp32,st-fastapi-fp32   # the stand-in peer
+    python bench/serve.py --quick --ray       # one process vs Ray Serve with 1 and 2 replicas
 
 On a machine that other work shares, pass --rounds 2 (servers in alternating order, best of): torch's
 compute threads slow down sharply when another process takes one of the cores.
@@ -60,7 +61,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from speed import CACHE, _token_range, model_dir, peer_venv, workload, write_section  # noqa: E402
 
 SERVERS = ("ours-torch-fp32", "ours-onnx-int8", "infinity-torch-fp32")
-KNOWN = (*SERVERS, "ours-onnx-fp32", "st-fastapi-fp32")
+RAY_SERVERS = (
+    "ours-torch-fp32",
+    "ours-ray-1",
+    "ours-ray-2",
+)  # --ray: 1 and 2 Ray Serve replicas vs one process
+KNOWN = (*SERVERS, "ours-onnx-fp32", "st-fastapi-fp32", "ours-ray-1", "ours-ray-2")
 PEERS = ("infinity-torch-fp32", "st-fastapi-fp32")  # the first one run is the peer of every ratio
 INFINITY_VENV = CACHE / "infinity-venv"
 INFINITY_VERSION = "0.0.78"
@@ -152,6 +158,11 @@ def spec(name: str, model: Path, args: argparse.Namespace, python: str | None) -
         cmd += ["--timeout", str(args.request_timeout), "--drain-seconds", "5"]
         if name == "ours-torch-fp32":
             cmd += ["--backend", "torch", "--dtype", "fp32"]
+        elif name.startswith("ours-ray-"):  # the same torch fp32 app as a Ray Serve deployment
+            replicas = int(name.rsplit("-", 1)[1])
+            cpus = max(0.5, (os.cpu_count() or 2) / replicas)
+            cmd += ["--backend", "torch", "--dtype", "fp32", "--ray", "--replicas", str(replicas)]
+            cmd += ["--replica-cpus", f"{cpus:g}"]
         else:
             cmd += ["--backend", "onnx", "--quantize", "int8" if name.endswith("int8") else "none"]
         env["BGE_RERANK_CACHE"] = str(CACHE / "exports")
@@ -502,7 +513,8 @@ class Work:
         fpt = self.flops_per_token
         if tokens_per_s is None or fpt is None:
             return None
-        return percent_for(server, tokens_per_s, fpt, self.ceilings)
+        engine = "ours-torch-fp32" if server.startswith("ours-ray-") else server  # the same app on Ray Serve
+        return percent_for(engine, tokens_per_s, fpt, self.ceilings)
 
     def describe(self, peer: str | None, peer_best: dict[int, dict]) -> list[str]:
         """The ceilings, how % of ceiling is counted, and what 1.5x the peer's fp32 throughput at the
@@ -554,7 +566,8 @@ def render(results: list[dict], skipped: dict[str, str], args: argparse.Namespac
         name: [r for r in results if r["server"] == name]
         for name in dict.fromkeys(r["server"] for r in results)
     }
-    peer_name = next((n for n in servers if n in PEERS and best_phases(servers[n])), None)
+    peers = ("ours-torch-fp32",) if getattr(args, "ray", False) else PEERS  # --ray: against one process
+    peer_name = next((n for n in servers if n in peers and best_phases(servers[n])), None)
     peer_best = best_phases(servers[peer_name]) if peer_name else {}
     rounds = max((r.get("round", 1) for r in results), default=1)
     work = Work.of(meta)
@@ -640,11 +653,22 @@ def render(results: list[dict], skipped: dict[str, str], args: argparse.Namespac
         "relevance scores on the same requests (the first concurrency that answered each). p99 of a few "
         "dozen requests is close to the slowest one."
     )
+    if getattr(args, "ray", False):
+        notes += (
+            " ours-ray-N: the same torch fp32 app as a Ray Serve deployment of N replicas, each reserving "
+            "cores/N CPUs, behind Ray Serve's proxy; its server CPU and peak RSS are the driver process's "
+            "only (the replicas and the proxy are Ray worker processes), and its % of ceiling is against "
+            "the torch fp32 ceiling, the same as the one process's."
+        )
     return header + "\n" + "\n".join(work.describe(peer_name, peer_best)) + "\n\n" + "\n".join(lines) + notes
 
 
 def _write_doc(mode: str, report: str) -> None:
-    write_section(mode, f"{mode}: `bge-rerank serve` against infinity-emb over HTTP", report)
+    if mode.startswith("serve-ray"):
+        title = f"{mode}: `bge-rerank serve --ray` (Ray Serve, 1 and 2 replicas) against one process"
+    else:
+        title = f"{mode}: `bge-rerank serve` against infinity-emb over HTTP"
+    write_section(mode, title, report)
 
 
 def _reused(args: argparse.Namespace, names: list[str]) -> list[dict]:
@@ -708,7 +732,15 @@ def main() -> int:
     )
     parser.add_argument("--warmup", type=int, default=3, help="Warm-up requests before measuring (3).")
     parser.add_argument(
-        "--servers", default=",".join(SERVERS), help=f"Comma-separated, of: {', '.join(KNOWN)}."
+        "--servers",
+        default=None,
+        help=f"Comma-separated, of: {', '.join(KNOWN)} (default: {', '.join(SERVERS)}).",
+    )
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="Ray Serve: the torch fp32 server as one process, and as a deployment of 1 and 2 replicas "
+        "(each replica reserving cores/replicas CPUs), ratios against the one process.",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="Every server's batch size (32).")
     parser.add_argument("--max-length", type=int, default=512)
@@ -739,6 +771,7 @@ def main() -> int:
     args.argv = sys.argv[1:]
     args.requests = args.requests or (48 if args.quick else 16)
     deadline = time.monotonic() + args.time_limit
+    args.servers = args.servers or ",".join(RAY_SERVERS if args.ray else SERVERS)
     names = [n for n in args.servers.split(",") if n]
     unknown = [n for n in names if n not in KNOWN]
     if unknown:
@@ -811,7 +844,7 @@ def main() -> int:
         data = json.loads(Path(args.json).read_text())
         Path(args.json).write_text(json.dumps({**data, "report": report}, indent=1))
     if args.write:
-        _write_doc("serve-quick" if args.quick else "serve", report)
+        _write_doc(("serve-ray" if args.ray else "serve") + ("-quick" if args.quick else ""), report)
     return 0
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from typing import Annotated
+import os
+from typing import Annotated, Any
 
 import typer
 
@@ -16,6 +17,7 @@ from .exits import error_line, flag_name, reported_errors
 
 SERVICE = "Service"
 LIMITS = "Limits"
+RAY = "Ray Serve"
 
 
 class LogFormat(Choice):
@@ -175,6 +177,43 @@ def serve(
             rich_help_panel=SERVICE,
         ),
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            envvar="BGE_RERANK_SERVE_RAY",
+            help="Run as a Ray Serve deployment on the cluster RAY_ADDRESS names (or a local one started "
+            "here), behind Ray Serve's proxy on --host/--port: the same routes, dialects, auth, limits and "
+            "metrics, each replica with its own models and batchers.",
+            rich_help_panel=RAY,
+        ),
+    ] = False,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1, envvar="BGE_RERANK_REPLICAS", help="With --ray: replicas of the app.", rich_help_panel=RAY
+        ),
+    ] = 1,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MIN:MAX",
+            envvar="BGE_RERANK_AUTOSCALE",
+            help="With --ray: autoscale between MIN and MAX replicas on the requests in flight (instead of "
+            "--replicas).",
+            show_default=False,
+            rich_help_panel=RAY,
+        ),
+    ] = None,
+    replica_cpus: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            envvar="BGE_RERANK_REPLICA_CPUS",
+            help="With --ray: CPUs each replica reserves.",
+            rich_help_panel=RAY,
+        ),
+    ] = 1.0,
     score_cache: opt.ScoreCacheOption = None,
     score_cache_max_size: opt.ScoreCacheMaxSize = None,
     score_cache_retry: Annotated[
@@ -222,8 +261,23 @@ def serve(
             say(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach this port can use "
                 "the model and fill its queue. Set --api-key (or BGE_RERANK_API_KEY), or bind 127.0.0.1.")  # fmt: skip
         served = catalog(config.models, config.base, options, config_file)
-        check_memory(served.models)  # before anything loads: refused with the figures
+        # Before anything loads, refused with the figures: every model (in each replica of a local Ray
+        # cluster; on a cluster RAY_ADDRESS names, the replicas' nodes are not this machine).
+        if not (ray and os.environ.get("RAY_ADDRESS")):
+            from ..service.ray_serve import Scale
+
+            copies = (Scale.parse_autoscale(autoscale)[1] if autoscale else replicas) if ray else 1
+            check_memory(served.models, copies=copies)
         limits = Limits(max_docs, max_body_bytes, max_queue, timeout, gather_ms / 1000)
+        if not ray and (autoscale is not None or replicas != 1):
+            raise UsageError("--replicas and --autoscale need --ray.")
+        if ray:
+            _serve_on_ray(served, limits, host, port, api_key=api_key, cors=tuple(cors_origin or ()),
+                          log_format=str(log_format), drain_seconds=drain_seconds, score_cache=score_cache,
+                          score_cache_max_size=score_cache_max_size, score_cache_retry=score_cache_retry,
+                          otlp_endpoint=otlp_endpoint, replicas=replicas, autoscale=autoscale,
+                          replica_cpus=replica_cpus)  # fmt: skip
+            return
         engines = {
             m.name: Engine(
                 m.config,
@@ -282,6 +336,36 @@ def serve(
                 raise typer.Exit(int(failure.exit_code))
             error_line(f"the model could not be loaded: {type(failure).__name__}: {failure}")
             raise typer.Exit(int(ExitCode.MODEL))
+
+
+def _serve_on_ray(served: Any, limits: Any, host: str, port: int, *, api_key: str | None, cors: tuple[str, ...],
+                  log_format: str, drain_seconds: float, score_cache: str | None, score_cache_max_size: str | None,
+                  score_cache_retry: float, otlp_endpoint: str | None, replicas: int, autoscale: str | None,
+                  replica_cpus: float) -> None:  # fmt: skip
+    """``serve --ray``: the deployment until SIGTERM/SIGINT, then gone (and a cluster started here with it);
+    the process then ends by that signal, as the single-process server does."""
+    import os
+    import signal
+
+    from ..service import ray_serve
+    from ..service.server import bind
+
+    bind(host, port).close()  # a port in use fails now, before a cluster starts
+    if otlp_endpoint:
+        from ..service.tracing import traces_url
+
+        traces_url(otlp_endpoint)  # a bad URL fails now, not in each replica
+    if score_cache:
+        opt.open_score_cache(score_cache, score_cache_max_size, service=True).close()  # reachable, valid
+    settings = ray_serve.ReplicaSettings(served, limits, api_key, cors, log_format, drain_seconds, score_cache,
+                                         score_cache_max_size, score_cache_retry, otlp_endpoint)  # fmt: skip
+    scale = ray_serve.Scale(replicas, ray_serve.Scale.parse_autoscale(autoscale) if autoscale else None,
+                            replica_cpus)  # fmt: skip
+    stopped_by = ray_serve.run(settings, scale, host, port, say=lambda line: say(f"[dim]{line}[/]"))
+    if stopped_by is not None:
+        signal.signal(stopped_by, signal.SIG_DFL)
+        os.kill(os.getpid(), stopped_by)
+        raise typer.Exit(128 + stopped_by)  # PID 1 in a container: the kernel ignores its own signal
 
 
 def _loopback(host: str) -> bool:

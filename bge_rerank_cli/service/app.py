@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import re
 import sys
 import threading
@@ -79,6 +80,7 @@ def create_app(
     on_fatal: Callable[[BaseException], None] | None = None,
     drain: Drain | None = None,
     tracing: Tracing | None = None,
+    replica: str | None = None,
 ) -> FastAPI:
     """The ASGI app for one model (an :class:`Engine`) or several (:class:`Models`, routed by each
     request's ``model``). The models load in a background thread at start-up, one after the other:
@@ -103,9 +105,10 @@ def create_app(
                     if on_fatal is not None:
                         on_fatal(exc)
                     return
-                _say_ready(engine, models.several)
+                say_ready(engine, models.several)
 
-        threading.Thread(target=load, name="bge-rerank-load", daemon=True).start()
+        if not models.ready:  # (a Ray Serve replica loads its models before it starts the app)
+            threading.Thread(target=load, name="bge-rerank-load", daemon=True).start()
         yield
         if drain.expired.is_set():
             print(f"bge-rerank serve: the drain time ({drain.seconds:g}s) ran out: requests still waiting were "
@@ -130,13 +133,14 @@ def create_app(
             CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
     app.add_middleware(Gate, metrics=metrics, api_key=api_key, max_body=models.first.limits.max_body_bytes,
-                       access=AccessLog(log_format), cors=bool(cors_origins), tracing=tracing)  # fmt: skip
+                       access=AccessLog(log_format), cors=bool(cors_origins), tracing=tracing,
+                       replica=replica)  # fmt: skip
     _handlers(app, metrics)
-    _routes(app, models, metrics, drain, tracing)
+    _routes(app, models, metrics, drain, tracing, replica)
     return app
 
 
-def _say_ready(engine: Engine, several: bool) -> None:
+def say_ready(engine: Engine, several: bool) -> None:
     info = engine.describe()
     cache = engine.describe_cache()
     cached = f"; score cache {cache['where']}" if cache else ""
@@ -173,7 +177,9 @@ def _info(engine: Engine) -> dict[str, object]:
     }
 
 
-def _routes(app: FastAPI, models: Models, metrics: Metrics, drain: Drain, tracing: Tracing | None) -> None:
+def _routes(
+    app: FastAPI, models: Models, metrics: Metrics, drain: Drain, tracing: Tracing | None, replica: str | None
+) -> None:
     def pick(name: str | None, documents: int) -> Engine:
         """The engine the request's ``model`` names; its span told which, and how many documents."""
         engine = models.pick(name)
@@ -209,7 +215,8 @@ def _routes(app: FastAPI, models: Models, metrics: Metrics, drain: Drain, tracin
         return JSONResponse({**first.describe(), "model": first.model, "revision": first.config.revision,
                              "score_cache": first.describe_cache(), "version": __version__,
                              "default_model": models.default, "aliases": models.aliases,
-                             "models": [_info(e) for e in models.engines.values()]})  # fmt: skip
+                             "models": [_info(e) for e in models.engines.values()],
+                             **({"replica": {"id": replica, "pid": os.getpid()}} if replica else {})})  # fmt: skip
 
     started = int(time.time())
 
@@ -412,10 +419,11 @@ class Gate:
 
     def __init__(
         self, app: Any, *, metrics: Metrics, api_key: str | None, max_body: int, access: AccessLog, cors: bool,
-        tracing: Tracing | None = None,
+        tracing: Tracing | None = None, replica: str | None = None,
     ) -> None:  # fmt: skip
         self.app = app
         self.tracing = tracing
+        self.replica = replica
         self.metrics = metrics
         self.key = api_key.encode() if api_key else None
         self.max_body = max_body
@@ -434,7 +442,7 @@ class Gate:
         rid = incoming.decode() if _REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
         authorized = self._authorized(headers)
         scope.setdefault("state", {}).update(request_id=rid, authorized=authorized)
-        sending = _Replier(send, rid)
+        sending = _Replier(send, rid, self.replica)
         method = scope.get("method", "-")
         span = self.tracing.start_request(method, route, path, headers, rid) if self.tracing else None
         try:
@@ -547,9 +555,10 @@ class _Replier:
     """The gate's ``send``: adds X-Request-ID, records the status, and turns an error answer that is not
     JSON (a middleware's plain-text 400, say) into the service's JSON error shape."""
 
-    def __init__(self, send: Any, rid: str) -> None:
+    def __init__(self, send: Any, rid: str, replica: str | None = None) -> None:
         self.send = send
         self.rid = rid
+        self.extra = [(b"x-bge-rerank-replica", replica.encode())] if replica else []
         self.status = 500  # the status sent (500 until a response starts)
         self.started = False
         self._held: dict[str, Any] | None = None
@@ -560,7 +569,7 @@ class _Replier:
             self.started = True
             self.status = message["status"]
             headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-            message = {**message, "headers": [*headers, (b"x-request-id", self.rid.encode())]}
+            message = {**message, "headers": [*headers, (b"x-request-id", self.rid.encode()), *self.extra]}
             content_type = dict((k.lower(), v) for k, v in headers).get(b"content-type", b"")
             if message["status"] >= 400 and not content_type.startswith(b"application/json"):
                 self._held = message  # rewritten once its body is in

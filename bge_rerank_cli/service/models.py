@@ -226,10 +226,11 @@ class Models:
             thread.join()
 
 
-def check_memory(models: Sequence[ServedModel]) -> list[tuple[str, int]]:
+def check_memory(models: Sequence[ServedModel], copies: int = 1) -> list[tuple[str, int]]:
     """The memory each model needs once loaded (its weights in the dtype it runs in, a tenth more for one
-    batch's work), where that can be told before loading; raises :class:`ModelError` with the figures when
-    they add up to more than is available. Skipped with ``BGE_RERANK_SKIP_MEMORY_CHECK=1``."""
+    batch's work; times ``copies``, the replicas on this machine), where that can be told before loading;
+    raises :class:`ModelError` with the figures when they add up to more than is available. Skipped with
+    ``BGE_RERANK_SKIP_MEMORY_CHECK=1``."""
     from ..hub import env_flag, model_folder
     from ..memory import SKIP_ENV, available_bytes, human_bytes
 
@@ -241,15 +242,16 @@ def check_memory(models: Sequence[ServedModel]) -> list[tuple[str, int]]:
         folder = model_folder(config.model, config.revision, config.cache_dir)
         need = _load_need(folder, config) if folder is not None else None
         if need is not None:
-            needs.append((served.name, need))
+            needs.append((served.name, need * copies))
     available = available_bytes()
     if env_flag(SKIP_ENV) or available is None or not needs:
         return needs
     total = sum(n for _, n in needs)
     if total > available:
         each = ", ".join(f"{name} {human_bytes(n)}" for name, n in needs)
+        times = f" in {copies} replicas" if copies > 1 else ""
         raise ModelError(
-            f"the {len(models)} model(s) need about {human_bytes(total)} of memory together ({each}), but "
+            f"the {len(models)} model(s){times} need about {human_bytes(total)} of memory together ({each}), but "
             f"only {human_bytes(available)} is available; stopped before loading any of them.",
             hint=f"Serve fewer or smaller models (--backend onnx --quantize int8 needs about a quarter of "
             f"fp32), or free memory. To try anyway: {SKIP_ENV}=1.",
