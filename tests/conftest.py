@@ -40,6 +40,30 @@ def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def flag_python() -> Path:
+    """FlagEmbedding 1.4.2's venv (tests/flagref.py): skips the test where it cannot be made."""
+    from tests import flagref
+
+    return flagref.reference_python()
+
+
+@pytest.fixture(scope="session")
+def tiny_layerwise(flag_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BAAI/bge-reranker-v2-minicpm-layerwise, built from FlagEmbedding's shipped code."""
+    from tests import flagref
+
+    return flagref.build(flag_python, "layerwise", tmp_path_factory.mktemp("models") / "layerwise")
+
+
+@pytest.fixture(scope="session")
+def tiny_lightweight(flag_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BAAI/bge-reranker-v2.5-gemma2-lightweight, built from FlagEmbedding's shipped code."""
+    from tests import flagref
+
+    return flagref.build(flag_python, "lightweight", tmp_path_factory.mktemp("models") / "lightweight")
+
+
+@pytest.fixture(scope="session")
 def tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tools.random_model import build_bge_gemma
 

@@ -19,16 +19,6 @@ from tests.conftest import run_cli
 from tests.test_decoders import mixed_pairs
 
 
-@pytest.fixture(scope="module")
-def flag_python() -> Path:
-    return flagref.reference_python()
-
-
-@pytest.fixture(scope="module")
-def tiny_layerwise(flag_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return flagref.build(flag_python, "layerwise", tmp_path_factory.mktemp("models") / "layerwise")
-
-
 def order(values: list[float]) -> list[int]:
     return sorted(range(len(values)), key=lambda i: -values[i])
 

@@ -34,16 +34,6 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def flag_python() -> Path:
-    return flagref.reference_python()
-
-
-@pytest.fixture(scope="module")
-def tiny_lightweight(flag_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return flagref.build(flag_python, "lightweight", tmp_path_factory.mktemp("models") / "lightweight")
-
-
 def flag_scores(python: Path, model: Path, pairs: list[tuple[str, str]], **case: Any) -> list[float]:
     return flagref.scores(python, "lightweight", model, pairs, **case)
 

@@ -22,7 +22,7 @@ from ..config import LoaderConfig
 from ..errors import ModelError, option
 from .base import Encoded
 from .families import Family
-from .tokenized import TokenizedScorer
+from .tokenized import TokenizedScorer, right_padded
 
 
 def load(config: LoaderConfig, family: Family, device: str, dtype: str) -> LayerwiseScorer:
@@ -193,12 +193,7 @@ class LayerwiseScorer(TokenizedScorer):
 
         import torch
 
-        width = max(len(e.ids) for e in batch)
-        ids = torch.full((len(batch), width), self.pairs.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, enc in enumerate(batch):
-            ids[row, : len(enc.ids)] = torch.tensor(enc.ids)
-            mask[row, : len(enc.ids)] = 1
+        ids, mask = right_padded(batch, self.pairs.pad_id)
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # transformers 5 on transformers-4 mask helpers
             out = self._model(

@@ -44,7 +44,7 @@ from ..config import LoaderConfig
 from ..errors import ModelError, option
 from .base import Encoded
 from .families import Family
-from .tokenized import TokenizedScorer
+from .tokenized import TokenizedScorer, right_padded
 
 TEMPLATE = "bge-lightweight"
 DTYPES = ("fp32", "fp16", "bf16")
@@ -208,12 +208,7 @@ class LightweightScorer(TokenizedScorer):
         """Rows right-padded (compression needs it, as the reference's does); one pass to the cutoff."""
         import torch
 
-        width = max(len(e.ids) for e in batch)
-        ids = torch.full((len(batch), width), self.pairs.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, enc in enumerate(batch):
-            ids[row, : len(enc.ids)] = torch.tensor(enc.ids)
-            mask[row, : len(enc.ids)] = 1
+        ids, mask = right_padded(batch, self.pairs.pad_id)
         queries = [e.prefix for e in batch]
         prompts = [self.suffix_tokens] * len(batch)
         with torch.inference_mode():

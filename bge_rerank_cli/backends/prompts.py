@@ -31,7 +31,7 @@ the passage gets the rest.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import InvalidOption, ModelError, option
@@ -115,34 +115,6 @@ TEMPLATES = {
         bos=True,
         sep="\n",  # between query and passage, its own token piece (FlagEmbedding's sep_inputs)
     ),
-    # BGE's layerwise and lightweight rerankers: bge-gemma's layout (FlagEmbedding's ``LayerWiseLLMReranker``
-    # and ``LightweightLLMReranker`` build it the same way), scored by one layer's own head.
-    "bge-layerwise": PromptTemplate(
-        name="bge-layerwise",
-        default_instruction=GEMMA_PROMPT,
-        prefix="",
-        head="A: {query}",
-        passage_prefix="B: ",
-        suffix="{instruction}",
-        true_token="",
-        false_token=None,
-        bos=True,
-        sep="\n",
-        head_scored=True,
-    ),
-    "bge-lightweight": PromptTemplate(
-        name="bge-lightweight",
-        default_instruction=LIGHTWEIGHT_PROMPT,
-        prefix="",
-        head="A: {query}",
-        passage_prefix="B: ",
-        suffix="{instruction}",
-        true_token="",
-        false_token=None,
-        bos=True,
-        sep="\n",
-        head_scored=True,
-    ),
     "mxbai-v2": PromptTemplate(
         name="mxbai-v2",
         default_instruction="",  # none: the head is "query: {query}"
@@ -158,6 +130,11 @@ TEMPLATES = {
         cap_head=True,
     ),
 }
+# BGE's layerwise and lightweight rerankers: bge-gemma's layout (FlagEmbedding's ``LayerWiseLLMReranker`` and
+# ``LightweightLLMReranker`` build it the same way), each with its own default prompt, scored by a layer's head.
+for _name, _prompt in (("bge-layerwise", GEMMA_PROMPT), ("bge-lightweight", LIGHTWEIGHT_PROMPT)):
+    TEMPLATES[_name] = replace(TEMPLATES["bge-gemma"], name=_name, default_instruction=_prompt, true_token="",
+                               head_scored=True)  # fmt: skip
 
 
 DECODER_TYPES = {"qwen3": "qwen3-reranker", "gemma": "bge-gemma", "gemma2": "bge-gemma", "minicpm": "bge-layerwise",

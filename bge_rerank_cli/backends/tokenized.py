@@ -114,6 +114,20 @@ class TokenizedScorer:
         return described
 
 
+def right_padded(batch: Sequence[Encoded], pad_id: int) -> tuple[Any, Any]:
+    """``(ids, mask)`` long tensors of a batch, each row's tokens first and padding after (positions count
+    from 0 in every row, as the BGE layerwise and lightweight references pad)."""
+    import torch
+
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, enc in enumerate(batch):
+        ids[row, : len(enc.ids)] = torch.tensor(enc.ids)
+        mask[row, : len(enc.ids)] = 1
+    return ids, mask
+
+
 def effective_max_length(config: LoaderConfig, model_limit: int) -> int:
     """The tokens per pair a scorer uses: the requested length, or the model's limit when that is lower."""
     if config.max_length <= model_limit:
