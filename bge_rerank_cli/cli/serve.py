@@ -191,7 +191,11 @@ def serve(
     replicas: Annotated[
         int,
         typer.Option(
-            min=1, envvar="BGE_RERANK_REPLICAS", help="With --ray: replicas of the app.", rich_help_panel=RAY
+            min=1,
+            metavar="N",
+            envvar="BGE_RERANK_REPLICAS",
+            help="With --ray: replicas of the app.",
+            rich_help_panel=RAY,
         ),
     ] = 1,
     autoscale: Annotated[
@@ -209,6 +213,7 @@ def serve(
         float,
         typer.Option(
             min=0.01,
+            metavar="CPUS",
             envvar="BGE_RERANK_REPLICA_CPUS",
             help="With --ray: CPUs each replica reserves.",
             rich_help_panel=RAY,
