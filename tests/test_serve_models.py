@@ -217,3 +217,37 @@ def test_models_that_do_not_fit_in_memory_are_refused_with_the_figures(tiny_xlmr
     assert "available; stopped before loading any of them" in err
     assert "BGE_RERANK_SKIP_MEMORY_CHECK=1" in err and "ready" not in err
     assert time.monotonic() - started < 30
+
+
+def test_two_models_share_one_score_cache_without_mixing_their_scores(
+    tiny_xlmr: Path, tiny_bert: Path, tmp_path: Path
+):
+    """One --score-cache file for both models: each model's repeated request is answered from the cache
+    (nothing more reaches its model), each from its own entries (the two models' scores stay apart)."""
+    store = tmp_path / "scores.sqlite"
+    server = launch(
+        tmp_path, "-m", f"xlmr={tiny_xlmr}", "-m", f"bert={tiny_bert}", "--score-cache", str(store)
+    )
+    try:
+        distinct = len(set(DOCS))
+
+        def ask(model: str) -> list[float]:
+            answer = server.post("/v1/rerank", {"model": model, "query": QUERY, "documents": DOCS})
+            assert answer.status_code == 200, answer.text
+            return by_index(answer.json()["results"], "relevance_score")
+
+        first = {model: ask(model) for model in ("xlmr", "bert")}
+        before = server.metrics()
+        again = {model: ask(model) for model in ("xlmr", "bert")}
+        after = server.metrics()
+        assert again == first and first["xlmr"] != pytest.approx(first["bert"], abs=1e-3)
+        for model in ("xlmr", "bert"):
+            key = f"bge_rerank_submitted_pairs_total{{model={model}}}"
+            assert after[key] == before[key] == distinct + 1  # the load's warm-up pair, then the first round
+            assert after[f"bge_rerank_cache_hits_total{{model={model}}}"] == distinct
+        assert {m["id"]: m["score_cache"]["where"] for m in server.get("/info").json()["models"]} == {
+            "xlmr": str(store),
+            "bert": str(store),
+        }
+    finally:
+        stop(server)
