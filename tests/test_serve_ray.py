@@ -9,6 +9,7 @@ time; every request targets 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,10 +42,34 @@ def single(tiny_xlmr: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_xlmr: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, set[int]]]:
+def receiver() -> Iterator[Any]:
+    """An OTLP receiver the replicas send their spans to (tests/test_serve_tracing.py's); None without
+    the otel extra (the other tests run without tracing then)."""
+    try:
+        import opentelemetry.sdk  # noqa: F401
+
+        from tests.test_serve_tracing import start_receiver
+    except (ImportError, pytest.skip.Exception):
+        yield None
+        return
+
+    found, http = start_receiver()
+    yield found
+    http.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tiny_xlmr: Path, receiver: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, set[int]]]:
     before = raylets()
-    running = launch(tmp_path_factory.mktemp("ray"), "-m", f"tiny={tiny_xlmr}", "--max-docs", "64", "--ray",
-                     "--replicas", "2", "--replica-cpus", "0.5")  # fmt: skip
+    os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "100"  # the replicas export every 100 ms (they inherit it)
+    try:
+        traced = ["--otlp-endpoint", receiver.url] if receiver is not None else []
+        running = launch(tmp_path_factory.mktemp("ray"), "-m", f"tiny={tiny_xlmr}", "--max-docs", "64", "--ray",
+                         "--replicas", "2", "--replica-cpus", "0.5", *traced)  # fmt: skip
+    finally:
+        del os.environ["OTEL_BSP_SCHEDULE_DELAY"]
     yield running, raylets() - before
     stop(running)
 
@@ -77,6 +103,26 @@ def test_the_key_the_limits_and_the_metrics_hold_behind_the_proxy(cluster):
     assert "bge_rerank_requests_total" in server.get("/metrics").text
     info = server.get("/info").json()
     assert info["replica"]["id"] and info["replica"]["pid"] > 0 and info["models"][0]["id"] == "tiny"
+
+
+def test_each_replica_sends_its_spans_with_the_callers_parent(cluster, receiver):
+    server, _ = cluster
+    if receiver is None:
+        pytest.skip("the otel extra is not installed")
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    answer = server.post("/v1/rerank", {"query": QUERY, "documents": DOCS},
+                         headers={"traceparent": f"00-{trace_id}-{parent}-01"})  # fmt: skip
+    assert answer.status_code == 200
+
+    def mine(spans: list) -> list:
+        return [s for s in spans if s.trace_id.hex() == trace_id]
+
+    spans = mine(receiver.wait_for(lambda spans: any(s.name == "forward pass" for s in mine(spans))))
+    (request,) = [s for s in spans if s.name == "POST /v1/rerank"]
+    assert request.parent_span_id.hex() == parent
+    assert {"tokenize", "queue wait", "forward pass"} <= {
+        s.name for s in spans if s.parent_span_id == request.span_id
+    }
 
 
 def load(server: Server, seconds: float, clients: int = 8) -> tuple[Counter, Counter, list]:

@@ -46,8 +46,8 @@ class Receiver:
         raise AssertionError(f"spans not received in {timeout}s: {[s.name for s in self.spans]}")
 
 
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
+def start_receiver() -> tuple[Receiver, ThreadingHTTPServer]:
+    """An OTLP/HTTP receiver on a free loopback port, in a thread (``.shutdown()`` the server to stop)."""
     port = free_port()
     found = Receiver(f"http://127.0.0.1:{port}")
 
@@ -71,8 +71,13 @@ def receiver() -> Iterator[Receiver]:
             pass
 
     http = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    return found, http
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    found, http = start_receiver()
     yield found
     http.shutdown()
 
