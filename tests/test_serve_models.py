@@ -251,3 +251,21 @@ def test_two_models_share_one_score_cache_without_mixing_their_scores(
         }
     finally:
         stop(server)
+
+
+def test_the_model_variable_may_hold_a_path_with_spaces(tiny_xlmr: Path, tmp_path: Path):
+    """BGE_RERANK_MODEL is one model, whatever it holds (Click would split a repeatable option's variable at
+    its spaces)."""
+    import shutil
+
+    spaced = tmp_path / "my models" / "tiny xlmr"
+    shutil.copytree(tiny_xlmr, spaced)
+    os.environ["BGE_RERANK_MODEL"] = str(spaced)
+    try:
+        server = launch(tmp_path)
+    finally:
+        del os.environ["BGE_RERANK_MODEL"]
+    try:
+        assert [m["id"] for m in server.get("/v1/models").json()["data"]] == [str(spaced)]
+    finally:
+        stop(server)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -539,9 +540,9 @@ ServeModels = Annotated[
         "--model",
         "-m",
         metavar="[NAME=]ID|DIR",
-        envvar="BGE_RERANK_MODEL",
-        help="Hugging Face model id or local directory of a reranker. Repeat to serve several, each named "
-        "NAME=ID: a request picks one by its model field (per-model options: --config).",
+        help="Hugging Face model id or local directory of a reranker (else BGE_RERANK_MODEL). Repeat to "
+        "serve several, each named NAME=ID: a request picks one by its model field (per-model options: "
+        "--config).",
         show_default=False,
         rich_help_panel=LOADER,
     ),
@@ -562,7 +563,9 @@ def serve_loader_options() -> Callable[[Callable[..., T]], Callable[..., T]]:
     shared = [("models", ServeModels, None) if p[0] == "model" else p for p in _loader_parameters()]
 
     def build(models: list[str] | None = None, **options: Any) -> ServeFlags:
-        return ServeFlags(tuple(models or ()), build_config(**options))
+        # Read here, not by Click: Click splits a repeatable option's variable at spaces (a path with one).
+        named = os.environ.get("BGE_RERANK_MODEL", "").strip()
+        return ServeFlags(tuple(models or ([named] if named else [])), build_config(**options))
 
     return shared_options(shared, build, "config")
 
