@@ -197,16 +197,38 @@ def test_sigterm_takes_the_deployment_and_its_cluster_down(cluster):
     assert "stopping the deployment" in log
 
 
+def ray_processes() -> set[int]:
+    found = subprocess.run(["pgrep", "-f", "gcs_server|raylet|dashboard_agent|runtime_env_agent|log_monitor"],
+                           capture_output=True, text=True).stdout.split()  # fmt: skip
+    return {int(pid) for pid in found}
+
+
+def start_head(ray: Path, env: dict[str, str], cwd: Path) -> int:
+    """A head node started with `ray start` once every earlier cluster's processes are gone (one still
+    shutting down holds ports a new head needs), answering `ray status`; its GCS port."""
+    deadline = time.monotonic() + 60
+    while ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    port = free_port()
+    head = subprocess.run([str(ray), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                           "--disable-usage-stats"], capture_output=True, timeout=120, cwd=cwd, env=env)  # fmt: skip
+    assert head.returncode == 0, head.stderr.decode()[-2000:]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = [str(ray), "status", f"--address=127.0.0.1:{port}"]
+        if subprocess.run(status, capture_output=True, timeout=60, env=env).returncode == 0:
+            return port
+        time.sleep(1)
+    raise AssertionError(f"the head started with `ray start` does not answer `ray status` on port {port}")
+
+
 def test_on_an_existing_cluster_sigterm_leaves_the_cluster_running(tiny_xlmr: Path, tmp_path: Path):
     """RAY_ADDRESS names a running cluster: the deployment goes onto it, and stopping `serve --ray` deletes
     the deployment (its proxy stops answering) but leaves the cluster as it was."""
     ray = Path(sys.executable).with_name("ray")
-    port = free_port()
-    before = raylets()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a local test cluster: no token to hand around
-    head = subprocess.run([str(ray), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                           "--disable-usage-stats"], capture_output=True, timeout=120, cwd=tmp_path, env=env)  # fmt: skip
-    assert head.returncode == 0, head.stderr.decode()[-2000:]
+    before = raylets()
+    port = start_head(ray, env, tmp_path)
     theirs = raylets() - before
     try:
         os.environ.update(RAY_ADDRESS=f"127.0.0.1:{port}", RAY_AUTH_MODE="disabled")

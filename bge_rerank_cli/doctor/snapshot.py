@@ -41,8 +41,9 @@ class Extra:
 # The extras of pyproject.toml's [project.optional-dependencies] (less dev) that doctor reports.
 EXTRAS = (
     Extra("onnx", ("onnxruntime", "onnxruntime-gpu"), "--backend onnx"),
-    Extra("ray", ("ray",), "--engine ray"),
+    Extra("ray", ("ray",), "--engine ray and serve --ray"),
     Extra("serve", ("fastapi",), "bge-rerank serve"),
+    Extra("otel", ("opentelemetry-sdk",), "serve --otlp-endpoint"),
     Extra("plot", ("matplotlib",), "eval --plot and bench --plot"),
     Extra("cache", ("redis",), "--score-cache redis://"),
 )
