@@ -302,17 +302,18 @@ class Batcher:
         flat = [seq for ticket in tickets for seq in ticket.sequences]
         owner = [n for n, ticket in enumerate(tickets) for _ in ticket.sequences]
 
-        last = [time.time_ns()]  # when the pass now ending began: the round's start, then each pass's end
+        last = time.time_ns()  # when the pass now ending began: the round's start, then each pass's end
 
         def on_batch(indices: Sequence[int]) -> None:
+            nonlocal last
             tokens = sum(len(flat[i].ids) for i in indices)
             owners = sorted({owner[i] for i in indices})
             self.observer.forward_pass(len(indices), len(owners), tokens)
             now = time.time_ns()
             traced = [tickets[n].trace for n in owners if tickets[n].trace is not None]
             if self.tracer is not None and traced:
-                self.tracer.forward_pass(traced, last[0], now, len(indices), tokens)
-            last[0] = now
+                self.tracer.forward_pass(traced, last, now, len(indices), tokens)
+            last = now
 
         def abandoned() -> bool:
             return all(ticket.abandoned for ticket in tickets)

@@ -12,8 +12,9 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Metrics:
-    """Request, batching, queue, score-cache and quality counters; also the batcher's :class:`Observer`
-    and the score cache's :class:`~bge_rerank_cli.service.cache.CacheObserver`."""
+    """Request, batching, queue, score-cache and quality counters, the model ones labelled by model; also
+    the score cache's :class:`~bge_rerank_cli.service.cache.CacheObserver`, and (:meth:`for_model`) each
+    model's batcher :class:`~bge_rerank_cli.batcher.Observer`."""
 
     content_type = CONTENT_TYPE_LATEST
 

@@ -14,7 +14,6 @@ processor; the provider is this server's own, not the process-wide one.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -151,7 +150,3 @@ class Tracing:
     def shutdown(self) -> None:
         """Send the spans still buffered, then stop (at the end of the service)."""
         self.provider.shutdown()
-
-
-def now_ns() -> int:
-    return time.time_ns()
