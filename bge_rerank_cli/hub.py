@@ -111,6 +111,23 @@ WEIGHTS = (
 TOKENIZERS = ("tokenizer.json", "sentencepiece.bpe.model", "vocab.txt", "tokenizer.model", "spiece.model")
 
 
+def weight_files(folder: Path, single: str = "model.safetensors") -> list[Path]:
+    """A model folder's weight files of one kind: ``single`` itself, else the shards its index
+    (``single + ".index.json"``) lists, else none (transformers' order)."""
+    import json
+
+    if (folder / single).is_file():
+        return [folder / single]
+    index = folder / f"{single}.index.json"
+    if not index.is_file():
+        return []
+    try:
+        shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+    except (OSError, ValueError, KeyError, AttributeError):
+        return []
+    return [folder / name for name in sorted(set(shards))]
+
+
 def missing_essentials(files: Iterable[str]) -> list[str]:
     """What a model folder holding ``files`` (names or paths inside it) lacks of config.json, the weights
     and the tokenizer files, as a message names them; empty when it has all three."""

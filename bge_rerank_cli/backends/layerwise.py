@@ -94,25 +94,17 @@ def build_remote_model(folder: Path, model_config: Any, torch_dtype: Any) -> Any
 
 
 def read_weights(folder: Path) -> dict[str, Any]:
-    """All tensors of a model folder: ``model.safetensors``, its shards, or ``pytorch_model.bin``."""
-    import json
-
+    """All tensors of a model folder: ``model.safetensors``, its shards, or ``pytorch_model.bin``'s."""
     import torch
     from safetensors.torch import load_file
 
-    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
-                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):  # fmt: skip
-        index = folder / index_name
-        files = (
-            sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-            if index.is_file()
-            else ([single] if (folder / single).is_file() else [])
-        )
+    from ..hub import weight_files
+
+    for single in ("model.safetensors", "pytorch_model.bin"):
         state: dict[str, Any] = {}
-        for name in files:
-            path = folder / name
+        for path in weight_files(folder, single):
             state.update(
-                load_file(path) if name.endswith(".safetensors") else torch.load(path, weights_only=True)
+                load_file(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
             )
         if state:
             return state

@@ -336,15 +336,10 @@ def read_weights(folder: Path, cutoff: int, dtype: Any) -> dict[str, Any]:
     (one file or shards): the embeddings, layers ``0..cutoff-1``, the final norm and ``lm_head.0``."""
     from safetensors import safe_open
 
-    single = folder / "model.safetensors"
-    index = folder / "model.safetensors.index.json"
-    if single.is_file():
-        files = {single}
-        where: dict[str, Path] | None = None
-    elif index.is_file():
-        where = {key: folder / name for key, name in read_json(index).get("weight_map", {}).items()}
-        files = set(where.values())
-    else:
+    from ..hub import weight_files
+
+    files = weight_files(folder)
+    if not files:
         raise ModelError(f"{folder} has no safetensors weights (model.safetensors or its index).",
                          hint="bge-rerank reads the lightweight reranker's weights from safetensors files.")  # fmt: skip
 
@@ -360,7 +355,7 @@ def read_weights(folder: Path, cutoff: int, dtype: Any) -> dict[str, Any]:
         return None
 
     state: dict[str, Any] = {}
-    for path in sorted(files):
+    for path in files:
         with safe_open(str(path), framework="pt") as found:
             for key in found.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 name = wanted(key)
